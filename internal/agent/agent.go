@@ -1,0 +1,324 @@
+// Package agent is the agent role: it keeps one authenticated QUIC
+// connection to a proxy, accepts the tunnels the proxy opens, checks each
+// destination against its allowlist, dials it and relays bytes.
+package agent
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/reverse-http/reverse-http/internal/allow"
+	"github.com/reverse-http/reverse-http/internal/relay"
+	"github.com/reverse-http/reverse-http/internal/wire"
+)
+
+// Config configures an agent. Zero durations take the defaults named.
+type Config struct {
+	// ServerAddr is the proxy's agent server, host:port (UDP).
+	ServerAddr string
+	// TLS is the client TLS configuration; NextProtos is set to wire.ALPN.
+	TLS *tls.Config
+	// Credential returns what the agent authenticates with: its ID (noauth)
+	// or an agent-role JWT. It is called before every connection attempt,
+	// so a token file replaced on disk is picked up.
+	Credential func() (string, error)
+	// Allow is the destination allowlist; nil or empty allows everything.
+	Allow *allow.List
+	// DialTimeout bounds resolving and dialing a destination. Default 10s.
+	DialTimeout time.Duration
+	// KeepAlive is the QUIC keep-alive period. Default 5s.
+	KeepAlive time.Duration
+	// IdleTimeout declares the proxy dead after this much silence. Default 15s.
+	IdleTimeout time.Duration
+	// MaxStreams is how many tunnels the proxy may hold open at once. Default 100000.
+	MaxStreams int64
+	// ReplacedWait is how long to wait before reconnecting after the proxy
+	// closed this connection because another agent took the same ID. Default 30s.
+	ReplacedWait time.Duration
+	// Backoff caps the exponential reconnect backoff. Default 30s.
+	BackoffMax time.Duration
+	// Resolver resolves destination names; nil means net.DefaultResolver.
+	Resolver *net.Resolver
+}
+
+func (c *Config) setDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.DialTimeout, 10*time.Second)
+	def(&c.KeepAlive, 5*time.Second)
+	def(&c.IdleTimeout, 15*time.Second)
+	def(&c.ReplacedWait, 30*time.Second)
+	def(&c.BackoffMax, 30*time.Second)
+	if c.MaxStreams <= 0 {
+		c.MaxStreams = 100_000
+	}
+	if c.Resolver == nil {
+		c.Resolver = net.DefaultResolver
+	}
+}
+
+// Agent is a running agent.
+type Agent struct {
+	cfg Config
+	log *slog.Logger
+}
+
+// New makes an agent.
+func New(cfg Config, log *slog.Logger) *Agent {
+	cfg.setDefaults()
+	return &Agent{cfg: cfg, log: log}
+}
+
+// healthyAfter is how long a connection must have lasted for the backoff to
+// start over.
+const healthyAfter = 30 * time.Second
+
+// Run connects, serves tunnels and reconnects until ctx ends. It returns
+// after every goroutine it started has ended.
+func (a *Agent) Run(ctx context.Context) error {
+	b := backoff{base: 200 * time.Millisecond, max: a.cfg.BackoffMax}
+	for {
+		connected, err := a.session(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if connected > healthyAfter {
+			b.reset()
+		}
+		wait := b.next()
+		var appErr *quic.ApplicationError
+		switch {
+		case errors.As(err, &appErr) && appErr.Remote && appErr.ErrorCode == wire.CodeReplaced:
+			wait = a.cfg.ReplacedWait
+			a.log.Warn("proxy closed this connection: another agent connected with the same ID; waiting before reconnecting",
+				"reason", appErr.ErrorMessage, "retry_in", wait.String())
+		case errors.As(err, &appErr) && appErr.Remote && (appErr.ErrorCode == wire.CodeAuthFailed || appErr.ErrorCode == wire.CodeBadRequest):
+			a.log.Error("proxy refused authentication", "reason", appErr.ErrorMessage, "retry_in", wait.Round(time.Millisecond).String())
+		default:
+			a.log.Warn("connection to proxy ended", "server", a.cfg.ServerAddr, "error", err, "retry_in", wait.Round(time.Millisecond).String())
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// session runs one connection; it returns how long the connection was up
+// (zero if it never authenticated) and why it ended.
+func (a *Agent) session(ctx context.Context) (time.Duration, error) {
+	cred, err := a.cfg.Credential()
+	if err != nil {
+		return 0, fmt.Errorf("credential: %w", err)
+	}
+	tlsConf := a.cfg.TLS.Clone()
+	tlsConf.NextProtos = []string{wire.ALPN}
+	tlsConf.MinVersion = tls.VersionTLS13
+	dialCtx, cancel := context.WithTimeout(ctx, a.cfg.DialTimeout)
+	conn, err := quic.DialAddr(dialCtx, a.cfg.ServerAddr, tlsConf, &quic.Config{
+		KeepAlivePeriod:       a.cfg.KeepAlive,
+		MaxIdleTimeout:        a.cfg.IdleTimeout,
+		HandshakeIdleTimeout:  a.cfg.DialTimeout,
+		MaxIncomingStreams:    a.cfg.MaxStreams,
+		MaxIncomingUniStreams: -1,
+	})
+	cancel()
+	if err != nil {
+		return 0, fmt.Errorf("connect to %s: %w", a.cfg.ServerAddr, err)
+	}
+	defer conn.CloseWithError(wire.CodeNoError, "agent shutting down")
+	if err := a.authenticate(ctx, conn, cred); err != nil {
+		// A refusal closes the connection with an application error, which
+		// the stream read returns wrapped in err.
+		return 0, err
+	}
+	up := time.Now()
+	a.log.Info("connected to proxy", "server", a.cfg.ServerAddr, "remote", conn.RemoteAddr().String())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		stream, err := conn.AcceptStream(ctx)
+		if err != nil {
+			if cause := context.Cause(conn.Context()); cause != nil && conn.Context().Err() != nil {
+				err = cause
+			}
+			return time.Since(up), err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.tunnel(ctx, conn, stream)
+		}()
+	}
+}
+
+func (a *Agent) authenticate(ctx context.Context, conn *quic.Conn, cred string) error {
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.DialTimeout)
+	defer cancel()
+	stream, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		return fmt.Errorf("open auth stream: %w", err)
+	}
+	deadline, _ := ctx.Deadline()
+	stream.SetDeadline(deadline)
+	if err := wire.WriteMessage(stream, cred); err != nil {
+		return fmt.Errorf("send credential: %w", err)
+	}
+	stream.Close()
+	if _, err := wire.ReadMessage(stream); err != nil {
+		return fmt.Errorf("read auth answer: %w", err)
+	}
+	return nil
+}
+
+// tunnel serves one stream opened by the proxy.
+func (a *Agent) tunnel(ctx context.Context, conn *quic.Conn, stream *quic.Stream) {
+	start := time.Now()
+	stream.SetReadDeadline(start.Add(a.cfg.DialTimeout))
+	br := bufio.NewReaderSize(stream, 1024)
+	target, err := wire.ReadConnect(br)
+	if err != nil {
+		a.refuse(stream, http.StatusBadRequest, err.Error(), target)
+		return
+	}
+	stream.SetReadDeadline(time.Time{})
+	dest, err := a.dial(ctx, target)
+	if err != nil {
+		var we *wire.Error
+		reason := err.Error()
+		if errors.As(err, &we) {
+			reason = we.Reason
+		}
+		a.refuse(stream, wire.Status(err), reason, target)
+		return
+	}
+	if err := wire.WriteOK(stream); err != nil {
+		dest.Close()
+		stream.CancelRead(wire.StreamCodeAbort)
+		stream.CancelWrite(wire.StreamCodeAbort)
+		return
+	}
+	res := relay.Join(relay.NewStream(stream, br, conn.LocalAddr(), conn.RemoteAddr()), relay.NewTCP(dest, nil))
+	outcome := "ok"
+	if res.Err != nil {
+		outcome = res.Err.Error()
+	}
+	a.log.Info("tunnel closed", "destination", target, "address", dest.RemoteAddr().String(),
+		"bytes_up", res.AToB, "bytes_down", res.BToA,
+		"duration", time.Since(start).Round(time.Millisecond).String(), "outcome", outcome)
+}
+
+func (a *Agent) refuse(stream *quic.Stream, status int, reason, target string) {
+	a.log.Info("tunnel refused", "destination", target, "status", status, "reason", reason)
+	stream.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	wire.WriteError(stream, status, reason)
+	stream.Close()
+	stream.CancelRead(wire.StreamCodeAbort)
+}
+
+// dial checks target against the allowlist, resolves it once and dials an
+// address it resolved: names are checked by name, literal IPs by address,
+// and the address dialed is the one checked.
+func (a *Agent) dial(ctx context.Context, target string) (net.Conn, error) {
+	host, port, err := wire.SplitHostPort(target)
+	if err != nil {
+		return nil, wire.Errorf(wire.ErrBadRequest, err.Error())
+	}
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.DialTimeout)
+	defer cancel()
+	var addrs []netip.Addr
+	if ip, err := netip.ParseAddr(host); err == nil {
+		if !a.cfg.Allow.Empty() && !a.cfg.Allow.AllowedIP(ip, port) {
+			return nil, wire.Errorf(wire.ErrDenied, "destination "+target+" is not allowed by the agent's allowlist")
+		}
+		addrs = []netip.Addr{ip.Unmap()}
+	} else {
+		if !a.cfg.Allow.Empty() && !a.cfg.Allow.AllowedName(host, port) {
+			return nil, wire.Errorf(wire.ErrDenied, "destination "+target+" is not allowed by the agent's allowlist")
+		}
+		addrs, err = a.cfg.Resolver.LookupNetIP(ctx, "ip", host)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, wire.Errorf(wire.ErrTimeout, fmt.Sprintf("resolving %s timed out after %s", host, a.cfg.DialTimeout))
+			}
+			return nil, wire.Errorf(wire.ErrUnreachable, "cannot resolve "+host+": "+dnsReason(err))
+		}
+	}
+	var d net.Dialer
+	var firstErr error
+	for _, ip := range addrs {
+		c, err := d.DialContext(ctx, "tcp", netip.AddrPortFrom(ip.Unmap(), uint16(port)).String())
+		if err == nil {
+			return c, nil
+		}
+		if firstErr == nil {
+			firstErr = err
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if ctx.Err() != nil {
+		return nil, wire.Errorf(wire.ErrTimeout, fmt.Sprintf("dial %s timed out after %s", target, a.cfg.DialTimeout))
+	}
+	if firstErr == nil {
+		return nil, wire.Errorf(wire.ErrUnreachable, "cannot resolve "+host+": no addresses")
+	}
+	return nil, wire.Errorf(wire.ErrUnreachable, "dial "+target+": "+opReason(firstErr))
+}
+
+func dnsReason(err error) string {
+	var de *net.DNSError
+	if errors.As(err, &de) {
+		if de.IsNotFound {
+			return "no such host"
+		}
+		return de.Err
+	}
+	return err.Error()
+}
+
+// opReason shortens "dial tcp 127.0.0.1:1: connect: connection refused" to
+// its cause.
+func opReason(err error) string {
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Err != nil {
+		return oe.Err.Error()
+	}
+	return err.Error()
+}
+
+// backoff is exponential backoff with full jitter.
+type backoff struct {
+	base, max time.Duration
+	attempt   int
+}
+
+func (b *backoff) next() time.Duration {
+	ceil := b.base << min(b.attempt, 20)
+	if ceil > b.max || ceil <= 0 {
+		ceil = b.max
+	}
+	b.attempt++
+	return time.Duration(rand.Int64N(int64(ceil))) + time.Millisecond
+}
+
+func (b *backoff) reset() { b.attempt = 0 }

@@ -1,0 +1,115 @@
+package auth
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestNoAuthAgent(t *testing.T) {
+	tests := []struct {
+		credential string
+		want       string // error substring; "" = accepted
+	}{
+		{"4711", ""},
+		{"agent-ü.example", ""},
+		{" spaced ", ""}, // taken as is, like the reference
+		{strings.Repeat("a", 256), ""},
+		{"", "empty"},
+		{strings.Repeat("a", 257), "longer than 256 bytes"},
+		{"a\nb", "control character U+000A"},
+		{"a\x00", "control character U+0000"},
+		{"a\x7f", "control character U+007F"},
+		{"a\u0085", "control character U+0085"},
+		{"\xff\xfe", "not valid UTF-8"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.credential, func(t *testing.T) {
+			id, err := NoAuth().Agent(tc.credential)
+			if tc.want == "" {
+				if err != nil || id != tc.credential {
+					t.Fatalf("Agent = %q, %v; want %q", id, err, tc.credential)
+				}
+				return
+			}
+			if id != "" {
+				t.Errorf("got ID %q", id)
+			}
+			wantErr(t, err, tc.want, ErrUnauthorized)
+		})
+	}
+}
+
+func TestNoAuthClient(t *testing.T) {
+	tests := []struct {
+		user, password string
+		want           string
+	}{
+		{"4711", "", ""},
+		{"4711", "any password at all", ""}, // ignored, like the reference
+		{"", "secret", "user: empty"},
+		{"a\r\nb", "", "control character"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.user+":"+tc.password, func(t *testing.T) {
+			err := NoAuth().Client(tc.user, tc.password)
+			if tc.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			wantErr(t, err, tc.want, ErrUnauthorized)
+		})
+	}
+}
+
+func TestJWTAuthenticator(t *testing.T) {
+	for _, kp := range algKeys() {
+		a := JWT(NewVerifier(kp.key.Public(), "proxy"))
+		tok := func(agentID, role string) string {
+			return mustSign(t, kp.key, TokenOptions{AgentID: agentID, Role: role, Audience: "proxy", Duration: time.Hour})
+		}
+		t.Run(kp.alg+"/agent", func(t *testing.T) {
+			id, err := a.Agent(tok("4711", RoleAgent))
+			if err != nil || id != "4711" {
+				t.Fatalf("Agent = %q, %v; want 4711", id, err)
+			}
+			_, err = a.Agent(tok("4711", RoleClient))
+			wantErr(t, err, "role client, want agent", ErrUnauthorized)
+			_, err = a.Agent("4711") // a noauth agent talking to a JWT proxy
+			wantErr(t, err, "token is malformed", ErrUnauthorized)
+			_, err = a.Agent(mustSign(t, kp.other, TokenOptions{AgentID: "4711", Role: RoleAgent, Audience: "proxy", Duration: time.Hour}))
+			wantErr(t, err, "signature is invalid", ErrUnauthorized)
+		})
+		t.Run(kp.alg+"/client", func(t *testing.T) {
+			if err := a.Client("4711", tok("4711", RoleClient)); err != nil {
+				t.Fatal(err)
+			}
+			tests := []struct {
+				name, user, password, want string
+			}{
+				{"agent_id mismatch", "4711", tok("4712", RoleClient), "agent_id mismatch: user 4711, token 4712"},
+				{"agent token", "4711", tok("4711", RoleAgent), "role agent, want client"},
+				{"empty user", "", tok("4711", RoleClient), "empty user"},
+				{"empty password", "4711", "", "empty token"},
+				{"garbage password", "4711", "secret", "token is malformed"},
+				{"odd user is quoted", "47\n11", tok("4711", RoleClient), `user "47\n11"`},
+			}
+			for _, tc := range tests {
+				t.Run(tc.name, func(t *testing.T) {
+					wantErr(t, a.Client(tc.user, tc.password), tc.want, ErrUnauthorized)
+				})
+			}
+		})
+	}
+}
+
+func TestDeniedUnwrap(t *testing.T) {
+	cause := errors.New("cause")
+	err := error(&denied{reason: "r", cause: cause})
+	if !errors.Is(err, ErrUnauthorized) || !errors.Is(err, cause) || err.Error() != "unauthorized: r" {
+		t.Fatalf("denied = %q, want it to wrap ErrUnauthorized and its cause", err)
+	}
+}

@@ -1,0 +1,113 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/reverse-http/reverse-http/internal/agent"
+	"github.com/reverse-http/reverse-http/internal/auth"
+	"github.com/reverse-http/reverse-http/internal/tlsconf"
+)
+
+// AgentCmd is `reverse-http agent`.
+type AgentCmd struct {
+	AgentClient struct {
+		ServerAddress string   `default:"localhost:4242" help:"The proxy's agent server (UDP host:port)."`
+		HostWhitelist []string `placeholder:"PATTERNS" help:"Destinations this agent may dial (comma-separated or repeated). Empty allows all."`
+		TLS           struct {
+			Refresh            time.Duration `default:"0s" help:"Re-read the certificate files at this interval (0 = never)."`
+			InsecureSkipVerify bool          `help:"Do not verify the proxy's certificate."`
+			File               struct {
+				Key    string `placeholder:"FILE" help:"Client private key (PEM) for mutual TLS."`
+				Cert   string `placeholder:"FILE" help:"Client certificate (PEM) for mutual TLS."`
+				RootCA string `name:"root-ca" placeholder:"FILE" help:"CA that verifies the proxy (default: the system's roots)."`
+			} `embed:"" prefix:"file."`
+		} `embed:"" prefix:"tls."`
+		DialTimeout  time.Duration `default:"10s" help:"How long resolving and dialing a destination may take."`
+		KeepAlive    time.Duration `default:"5s" help:"QUIC keep-alive period."`
+		IdleTimeout  time.Duration `default:"15s" help:"Consider the proxy gone after this much silence, and reconnect."`
+		MaxStreams   int64         `default:"100000" help:"How many tunnels the proxy may hold open through this agent at once."`
+		ReplacedWait time.Duration `default:"30s" help:"After another agent with the same ID replaced this one, wait this long before reconnecting."`
+		BackoffMax   time.Duration `default:"30s" help:"Cap of the exponential reconnect backoff."`
+	} `embed:"" prefix:"agent-client."`
+	Auth struct {
+		Type   string `enum:"noauth,jwt" default:"noauth" help:"How the agent authenticates. One of: [noauth, jwt]."`
+		NoAuth struct {
+			AgentID string `help:"The agent ID (noauth)."`
+		} `embed:"" prefix:"noauth."`
+		JWT struct {
+			Token string `placeholder:"SOURCE" help:"Agent-role JWT, or file:PATH to read it from PATH."`
+		} `embed:"" prefix:"jwt."`
+	} `embed:"" prefix:"auth."`
+}
+
+// Run starts the agent and blocks until the context ends.
+func (c *AgentCmd) Run(e *Env) error {
+	ac := &c.AgentClient
+	for flag, d := range map[string]time.Duration{
+		"agent-client.tls.refresh":    ac.TLS.Refresh,
+		"agent-client.dial-timeout":   ac.DialTimeout,
+		"agent-client.keep-alive":     ac.KeepAlive,
+		"agent-client.idle-timeout":   ac.IdleTimeout,
+		"agent-client.replaced-wait":  ac.ReplacedWait,
+		"agent-client.backoff-max":    ac.BackoffMax,
+	} {
+		if err := checkDuration(flag, d); err != nil {
+			return err
+		}
+	}
+	if ac.KeepAlive > 0 && ac.IdleTimeout > 0 && ac.KeepAlive >= ac.IdleTimeout {
+		return fmt.Errorf("--agent-client.keep-alive (%s) must be shorter than --agent-client.idle-timeout (%s)", ac.KeepAlive, ac.IdleTimeout)
+	}
+	if ac.MaxStreams < 1 {
+		return fmt.Errorf("--agent-client.max-streams: must be at least 1, got %d", ac.MaxStreams)
+	}
+	var credential func() (string, error)
+	switch c.Auth.Type {
+	case "jwt":
+		src := c.Auth.JWT.Token
+		if src == "" {
+			return errors.New("--auth.jwt.token: required with --auth.type=jwt")
+		}
+		if _, err := auth.TokenSource(src); err != nil {
+			return fmt.Errorf("--auth.jwt.token: %w", err)
+		}
+		credential = func() (string, error) { return auth.TokenSource(src) }
+	default:
+		id := c.Auth.NoAuth.AgentID
+		if id == "" {
+			return errors.New("--auth.noauth.agent-id: required with --auth.type=noauth")
+		}
+		if _, err := auth.NoAuth().Agent(id); err != nil {
+			return fmt.Errorf("--auth.noauth.agent-id: %w", err)
+		}
+		credential = func() (string, error) { return id, nil }
+	}
+	allowList, err := parseAllow("agent-client.host-whitelist", ac.HostWhitelist)
+	if err != nil {
+		return err
+	}
+	tlsConf, err := tlsconf.Client(tlsconf.ClientOptions{
+		Files:              tlsconf.ClientFiles{Key: ac.TLS.File.Key, Cert: ac.TLS.File.Cert, RootCA: ac.TLS.File.RootCA},
+		Refresh:            ac.TLS.Refresh,
+		InsecureSkipVerify: ac.TLS.InsecureSkipVerify,
+	}, e.Log)
+	if err != nil {
+		return fmt.Errorf("--agent-client.tls: %w", err)
+	}
+	e.Log.Info("agent starting", "server", ac.ServerAddress, "auth", c.Auth.Type, "allowlist", allowList.String())
+	a := agent.New(agent.Config{
+		ServerAddr:   ac.ServerAddress,
+		TLS:          tlsConf,
+		Credential:   credential,
+		Allow:        allowList,
+		DialTimeout:  ac.DialTimeout,
+		KeepAlive:    ac.KeepAlive,
+		IdleTimeout:  ac.IdleTimeout,
+		MaxStreams:   ac.MaxStreams,
+		ReplacedWait: ac.ReplacedWait,
+		BackoffMax:   ac.BackoffMax,
+	}, e.Log)
+	return a.Run(e.Ctx)
+}

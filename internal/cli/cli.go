@@ -1,0 +1,204 @@
+// Package cli is the command line of reverse-http: flags and config files
+// compatible with grepplabs/reverse-http, validation, and the glue that runs
+// one role. Nothing below it imports it.
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/alecthomas/kong"
+	kongyaml "github.com/alecthomas/kong-yaml"
+)
+
+// Build information, set by the linker (-X).
+var (
+	Version = "dev"
+	Commit  = "none"
+	Date    = "unknown"
+)
+
+// CLI is the whole command line.
+type CLI struct {
+	Log         LogConfig   `embed:"" prefix:"log."`
+	Config      string      `placeholder:"FILE" help:"Read settings from this JSON or YAML file too (after /etc/reverse-http/config.{json,yaml} and ~/.reverse-http.{json,yaml}); flags override files."`
+	VersionJSON versionFlag `name:"version-json" short:"V" help:"Print version information as JSON and exit."`
+
+	Agent   AgentCmd   `cmd:"" name:"agent" help:"Start an agent."`
+	Proxy   ProxyCmd   `cmd:"" name:"proxy" help:"Start a proxy server."`
+	Auth    AuthCmd    `cmd:"" name:"auth" help:"Key and token tools."`
+	Certs   CertsCmd   `cmd:"" name:"certs" help:"Write a local CA and certificates for the proxy and agents (for trying things out)."`
+	Version VersionCmd `cmd:"" name:"version" help:"Print the version."`
+}
+
+// LogConfig is the reference's --log.* flags.
+type LogConfig struct {
+	Format string `env:"LOG_FORMAT" enum:"json,text" default:"text" help:"Log format. One of: [json, text]."`
+	Level  string `env:"LOG_LEVEL" enum:"trace,debug,info,warn,error" default:"info" help:"Log level. One of: [trace, debug, info, warn, error]."`
+}
+
+// LevelTrace is below slog.LevelDebug, as in the reference.
+const LevelTrace = slog.Level(-8)
+
+func (c LogConfig) logger(w io.Writer) *slog.Logger {
+	level := slog.LevelInfo
+	switch c.Level {
+	case "trace":
+		level = LevelTrace
+	case "debug":
+		level = slog.LevelDebug
+	case "warn":
+		level = slog.LevelWarn
+	case "error":
+		level = slog.LevelError
+	}
+	opts := &slog.HandlerOptions{
+		Level: level,
+		ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+			if a.Key == slog.LevelKey {
+				if l, ok := a.Value.Any().(slog.Level); ok && l == LevelTrace {
+					a.Value = slog.StringValue("TRACE")
+				}
+			}
+			return a
+		},
+	}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// versionFlag prints the build as JSON, like the reference's -V.
+type versionFlag bool
+
+func (versionFlag) BeforeReset(app *kong.Kong) error {
+	b, _ := json.Marshal(map[string]string{"version": Version, "commit": Commit, "date": Date})
+	fmt.Fprintln(app.Stdout, string(b))
+	app.Exit(0)
+	return nil
+}
+
+// VersionCmd prints the version.
+type VersionCmd struct{}
+
+func (VersionCmd) Run(e *Env) error {
+	fmt.Fprintf(e.Stdout, "reverse-http %s (commit %s, built %s)\n", Version, Commit, Date)
+	return nil
+}
+
+// Env is what every command's Run gets: the signal context, the logger and
+// standard streams.
+type Env struct {
+	Ctx    context.Context
+	Log    *slog.Logger
+	Stdin  io.Reader
+	Stdout io.Writer
+	Stderr io.Writer
+}
+
+// Main parses args (without the program name) and runs the command. It
+// returns the process exit status.
+func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	var cli CLI
+	exit := -1
+	opts := []kong.Option{
+		kong.Name("reverse-http"),
+		kong.Description("Reverse HTTP proxy over QUIC: agents dial out to the proxy; clients use the proxy as an HTTP proxy."),
+		kong.Configuration(kong.JSON, "/etc/reverse-http/config.json", "~/.reverse-http.json"),
+		kong.Configuration(kongyaml.Loader, "/etc/reverse-http/config.yaml", "~/.reverse-http.yaml"),
+		kong.UsageOnError(),
+		kong.Writers(stdout, stderr),
+		kong.Exit(func(code int) {
+			if exit < 0 {
+				exit = code
+			}
+			panic(exitPanic{})
+		}),
+	}
+	if path, ok, err := explicitConfig(args); err != nil {
+		fmt.Fprintf(stderr, "reverse-http: error: --config: %v\n", err)
+		return 2
+	} else if ok {
+		loader := kongyaml.Loader
+		if strings.EqualFold(filepath.Ext(path), ".json") {
+			loader = kong.JSON
+		}
+		opts = append(opts, kong.Configuration(loader, path))
+	}
+	code, done := func() (code int, done bool) {
+		defer func() {
+			if r := recover(); r != nil {
+				if _, ok := r.(exitPanic); !ok {
+					panic(r)
+				}
+				code, done = exit, true
+			}
+		}()
+		parser, err := kong.New(&cli, opts...)
+		if err != nil {
+			fmt.Fprintf(stderr, "reverse-http: error: %v\n", err)
+			return 2, true
+		}
+		kctx, err := parser.Parse(args)
+		if err != nil {
+			parser.Errorf("%s", err)
+			if pe := (*kong.ParseError)(nil); errors.As(err, &pe) {
+				_ = kctx
+			}
+			return 2, true
+		}
+		log := cli.Log.logger(stderr)
+		env := &Env{Ctx: ctx, Log: log, Stdin: stdin, Stdout: stdout, Stderr: stderr}
+		if err := kctx.Run(env); err != nil {
+			log.Error(err.Error())
+			fmt.Fprintf(stderr, "reverse-http: error: %v\n", err)
+			return 1, true
+		}
+		return 0, true
+	}()
+	if done {
+		return code
+	}
+	return 0
+}
+
+type exitPanic struct{}
+
+// explicitConfig finds --config FILE or --config=FILE in args and checks
+// that the file is readable, since kong silently skips missing files.
+func explicitConfig(args []string) (string, bool, error) {
+	for i, a := range args {
+		if a == "--" {
+			break
+		}
+		var path string
+		switch {
+		case a == "--config" && i+1 < len(args):
+			path = args[i+1]
+		case strings.HasPrefix(a, "--config="):
+			path = strings.TrimPrefix(a, "--config=")
+		default:
+			continue
+		}
+		path = kong.ExpandPath(path)
+		f, err := os.Open(path)
+		if err != nil {
+			return "", false, err
+		}
+		f.Close()
+		return path, true, nil
+	}
+	return "", false, nil
+}
+
+// duration formats d for log lines.
+func duration(d time.Duration) string { return d.String() }

@@ -1,0 +1,249 @@
+package cli
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/reverse-http/reverse-http/internal/allow"
+	"github.com/reverse-http/reverse-http/internal/auth"
+	"github.com/reverse-http/reverse-http/internal/front"
+	"github.com/reverse-http/reverse-http/internal/proxy"
+	"github.com/reverse-http/reverse-http/internal/tlsconf"
+)
+
+// TLSServerFiles are the --*.tls.file.* flags of a server.
+type TLSServerFiles struct {
+	Key       string `placeholder:"FILE" help:"Server private key (PEM)."`
+	Cert      string `placeholder:"FILE" help:"Server certificate (PEM)."`
+	ClientCA  string `name:"client-ca" placeholder:"FILE" help:"CA that verifies client certificates; enables mutual TLS."`
+	ClientCRL string `name:"client-crl" placeholder:"FILE" help:"CRL signed by the client CA; revoked client certificates are refused."`
+}
+
+// ProxyCmd is `reverse-http proxy`.
+type ProxyCmd struct {
+	AgentServer struct {
+		ListenAddress string `default:":4242" help:"UDP address where agents connect over QUIC."`
+		TLS           struct {
+			Refresh time.Duration  `default:"0s" help:"Re-read the certificate files at this interval (0 = never)."`
+			File    TLSServerFiles `embed:"" prefix:"file."`
+		} `embed:"" prefix:"tls."`
+		Agent struct {
+			DialTimeout time.Duration `default:"10s" help:"How long opening a tunnel through an agent may take, including the agent's dial of the destination."`
+		} `embed:"" prefix:"agent."`
+		IdleTimeout time.Duration `default:"15s" help:"Drop an agent connection silent for this long (agents send keep-alives)."`
+	} `embed:"" prefix:"agent-server."`
+	HTTPProxy struct {
+		ListenAddress string `default:":3128" help:"TCP address of the client-facing HTTP proxy."`
+		TLS           struct {
+			Enable      bool           `help:"Serve the HTTP proxy over TLS."`
+			Refresh     time.Duration  `default:"0s" help:"Re-read the certificate files at this interval (0 = never)."`
+			File        TLSServerFiles `embed:"" prefix:"file."`
+			KeyPassword string         `name:"key-password" help:"Password of an encrypted private key."`
+		} `embed:"" prefix:"tls."`
+		HostWhitelist []string `placeholder:"PATTERNS" help:"Destinations clients may reach (comma-separated or repeated). Empty allows all."`
+	} `embed:"" prefix:"http-proxy." name:"http-proxy"`
+	Auth  AuthVerifier `embed:"" prefix:"auth."`
+	Store struct {
+		Type             string          `enum:"none,memcached" default:"none" help:"Route store for HA. One of: [none, memcached]."`
+		HTTPProxyAddress string          `name:"http-proxy-address" help:"Address this proxy registers for its agents (default: the HTTP proxy listen address)."`
+		Memcached        MemcachedConfig `embed:"" prefix:"memcached."`
+	} `embed:"" prefix:"store."`
+}
+
+// AuthVerifier is --auth.* on proxy and lb.
+type AuthVerifier struct {
+	Type string `enum:"noauth,jwt" default:"noauth" help:"How agents and clients authenticate. One of: [noauth, jwt]."`
+	JWT  struct {
+		PublicKey string `placeholder:"FILE" default:"auth-key-public.pem" help:"Public key (PEM) that verifies tokens."`
+		Audience  string `help:"Required token audience (aud), when set."`
+	} `embed:"" prefix:"jwt."`
+}
+
+// MemcachedConfig is --store.memcached.*.
+type MemcachedConfig struct {
+	Address string        `default:"localhost:11211" help:"Memcached server address."`
+	Timeout time.Duration `default:"1s" help:"Memcached dial and I/O timeout."`
+}
+
+func (a AuthVerifier) authenticator() (auth.Authenticator, error) {
+	switch a.Type {
+	case "jwt":
+		pem, err := os.ReadFile(a.JWT.PublicKey)
+		if err != nil {
+			return nil, fmt.Errorf("--auth.jwt.public-key: %w", err)
+		}
+		pub, err := auth.ParsePublicKey(pem)
+		if err != nil {
+			return nil, fmt.Errorf("--auth.jwt.public-key %q: %w", a.JWT.PublicKey, err)
+		}
+		return auth.JWT(auth.NewVerifier(pub, a.JWT.Audience)), nil
+	default:
+		return auth.NoAuth(), nil
+	}
+}
+
+func parseAllow(flag string, patterns []string) (*allow.List, error) {
+	l, err := allow.Parse(patterns)
+	if err != nil {
+		return nil, fmt.Errorf("--%s: %w", flag, err)
+	}
+	return l, nil
+}
+
+func checkDuration(flag string, d time.Duration) error {
+	if d < 0 {
+		return fmt.Errorf("--%s: must not be negative, got %s", flag, d)
+	}
+	return nil
+}
+
+// Run starts the proxy and blocks until the context ends.
+func (c *ProxyCmd) Run(e *Env) error {
+	for flag, d := range map[string]time.Duration{
+		"agent-server.tls.refresh":          c.AgentServer.TLS.Refresh,
+		"agent-server.agent.dial-timeout":   c.AgentServer.Agent.DialTimeout,
+		"agent-server.idle-timeout":         c.AgentServer.IdleTimeout,
+		"http-proxy.tls.refresh":            c.HTTPProxy.TLS.Refresh,
+		"store.memcached.timeout":           c.Store.Memcached.Timeout,
+	} {
+		if err := checkDuration(flag, d); err != nil {
+			return err
+		}
+	}
+	if c.Store.Type == "memcached" {
+		return errors.New("--store.type=memcached: not supported by this build yet; use --store.type=none")
+	}
+	authn, err := c.Auth.authenticator()
+	if err != nil {
+		return err
+	}
+	allowList, err := parseAllow("http-proxy.host-whitelist", c.HTTPProxy.HostWhitelist)
+	if err != nil {
+		return err
+	}
+	agentTLS, err := c.agentTLS(e)
+	if err != nil {
+		return err
+	}
+	var proxyTLS *tls.Config
+	if c.HTTPProxy.TLS.Enable {
+		f := c.HTTPProxy.TLS.File
+		proxyTLS, err = tlsconf.Server(tlsconf.ServerFiles{
+			Key: f.Key, Cert: f.Cert, ClientCA: f.ClientCA, ClientCRL: f.ClientCRL, KeyPassword: c.HTTPProxy.TLS.KeyPassword,
+		}, c.HTTPProxy.TLS.Refresh, e.Log)
+		if err != nil {
+			return fmt.Errorf("--http-proxy.tls: %w", err)
+		}
+	}
+
+	var handler *front.Handler
+	srv := proxy.New(proxy.Config{
+		ListenAddr:  c.AgentServer.ListenAddress,
+		TLS:         agentTLS,
+		Auth:        authn,
+		DialTimeout: c.AgentServer.Agent.DialTimeout,
+		IdleTimeout: c.AgentServer.IdleTimeout,
+		OnAgent: func(id string, up bool) {
+			if !up {
+				handler.Forget(id)
+			}
+		},
+	}, e.Log.With("component", "agent-server"))
+	handler = front.New(front.Config{Auth: authn, Allow: allowList, Dialer: srv}, e.Log.With("component", "http-proxy"))
+	if err := srv.Listen(); err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", c.HTTPProxy.ListenAddress)
+	if err != nil {
+		return fmt.Errorf("--http-proxy.listen-address: %w", err)
+	}
+	hs := front.NewServer(c.HTTPProxy.ListenAddress, handler, proxyTLS, e.Log)
+	scheme := "http"
+	if proxyTLS != nil {
+		scheme = "https"
+	}
+	e.Log.Info("http proxy listening", "address", ln.Addr().String(), "scheme", scheme,
+		"auth", c.Auth.Type, "allowlist", allowList.String())
+	return runAll(e.Ctx,
+		srv.Run,
+		func(ctx context.Context) error { return serveHTTP(ctx, hs, ln) },
+	)
+}
+
+func (c *ProxyCmd) agentTLS(e *Env) (*tls.Config, error) {
+	f := c.AgentServer.TLS.File
+	if f.Cert == "" && f.Key == "" {
+		if f.ClientCA != "" {
+			return nil, errors.New("--agent-server.tls.file.client-ca needs --agent-server.tls.file.cert and --agent-server.tls.file.key")
+		}
+		cert, fp, err := tlsconf.SelfSigned([]string{"localhost", "127.0.0.1", "::1"})
+		if err != nil {
+			return nil, err
+		}
+		e.Log.Warn("no --agent-server.tls.file.cert/key: using a self-signed certificate generated in memory; agents must use --agent-client.tls.insecure-skip-verify",
+			"sha256_fingerprint", fp)
+		return &tls.Config{Certificates: []tls.Certificate{cert}}, nil
+	}
+	conf, err := tlsconf.Server(tlsconf.ServerFiles{
+		Key: f.Key, Cert: f.Cert, ClientCA: f.ClientCA, ClientCRL: f.ClientCRL,
+	}, c.AgentServer.TLS.Refresh, e.Log)
+	if err != nil {
+		return nil, fmt.Errorf("--agent-server.tls: %w", err)
+	}
+	return conf, nil
+}
+
+// serveHTTP serves until ctx ends, then shuts down gracefully for up to 5s.
+func serveHTTP(ctx context.Context, hs *http.Server, ln net.Listener) error {
+	errc := make(chan error, 1)
+	go func() {
+		if hs.TLSConfig != nil {
+			errc <- hs.ServeTLS(ln, "", "")
+		} else {
+			errc <- hs.Serve(ln)
+		}
+	}()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("http proxy: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := hs.Shutdown(sctx); err != nil {
+		hs.Close()
+	}
+	<-errc
+	return nil
+}
+
+// runAll runs fns until ctx ends or one fails; then it cancels the rest and
+// waits for all of them. It returns the first error.
+func runAll(ctx context.Context, fns ...func(context.Context) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg    sync.WaitGroup
+		once  sync.Once
+		first error
+	)
+	for _, fn := range fns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := fn(ctx); err != nil {
+				once.Do(func() { first = err })
+			}
+			cancel()
+		}()
+	}
+	wg.Wait()
+	return first
+}

@@ -1,0 +1,293 @@
+// Package front is the client-facing HTTP proxy: CONNECT tunnels and
+// absolute-form requests, authenticated with Proxy-Authorization Basic where
+// the user name picks the agent.
+package front
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"sync"
+	"time"
+
+	"github.com/reverse-http/reverse-http/internal/allow"
+	"github.com/reverse-http/reverse-http/internal/auth"
+	"github.com/reverse-http/reverse-http/internal/relay"
+	"github.com/reverse-http/reverse-http/internal/wire"
+)
+
+// Dialer opens a tunnel to hostport through an agent. Errors should wrap a
+// wire error kind (wire.ErrAgentOffline, ...) so they map to a status.
+type Dialer interface {
+	Dial(ctx context.Context, agentID, hostport string) (net.Conn, error)
+}
+
+// Config configures a Handler.
+type Config struct {
+	Auth   auth.Authenticator
+	Allow  *allow.List // nil or empty allows every destination
+	Dialer Dialer
+}
+
+// Handler serves proxy clients.
+type Handler struct {
+	cfg Config
+	log *slog.Logger
+
+	mu         sync.Mutex
+	transports map[string]*http.Transport // per agent, for absolute-form requests
+}
+
+// New makes a Handler.
+func New(cfg Config, log *slog.Logger) *Handler {
+	return &Handler{cfg: cfg, log: log, transports: make(map[string]*http.Transport)}
+}
+
+// Server limits, as the issue and common sense ask.
+const (
+	MaxHeaderBytes    = 64 << 10
+	ReadHeaderTimeout = 10 * time.Second
+	IdleTimeout       = 120 * time.Second
+)
+
+// NewServer wraps h in an http.Server with header limits and timeouts.
+// tlsConf, if not nil, makes it serve HTTPS (the proxy itself over TLS).
+func NewServer(addr string, h http.Handler, tlsConf *tls.Config, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Addr:              addr,
+		Handler:           h,
+		TLSConfig:         tlsConf,
+		ReadHeaderTimeout: ReadHeaderTimeout,
+		IdleTimeout:       IdleTimeout,
+		MaxHeaderBytes:    MaxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		// No HTTP/2 on the proxy port: CONNECT tunnels need HTTP/1.1.
+		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
+	}
+}
+
+// Forget drops the connection pool kept for agentID's absolute-form
+// requests; call it when the agent disconnects.
+func (h *Handler) Forget(agentID string) {
+	h.mu.Lock()
+	t := h.transports[agentID]
+	delete(h.transports, agentID)
+	h.mu.Unlock()
+	if t != nil {
+		t.CloseIdleConnections()
+	}
+}
+
+// ServeHTTP authenticates, checks the allowlist and serves a CONNECT or an
+// absolute-form request.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	target, err := destination(r)
+	if err != nil {
+		h.fail(w, r, "", target, http.StatusBadRequest, err.Error())
+		return
+	}
+	agentID, err := h.authenticate(r)
+	if err != nil {
+		w.Header().Set("Proxy-Authenticate", `Basic realm="reverse-http"`)
+		h.fail(w, r, agentID, target, http.StatusProxyAuthRequired, err.Error())
+		return
+	}
+	host, port, _ := wire.SplitHostPort(target)
+	if !h.cfg.Allow.Allowed(host, port) {
+		h.fail(w, r, agentID, target, http.StatusForbidden, "destination "+target+" is not allowed by the proxy's allowlist")
+		return
+	}
+	if r.Method == http.MethodConnect {
+		h.connect(w, r, agentID, target)
+		return
+	}
+	h.forward(w, r, agentID)
+}
+
+// destination returns the host:port a request wants.
+func destination(r *http.Request) (string, error) {
+	if r.Method == http.MethodConnect {
+		if _, _, err := wire.SplitHostPort(r.Host); err != nil {
+			return r.Host, fmt.Errorf("CONNECT needs host:port: %v", err)
+		}
+		return r.Host, nil
+	}
+	if !r.URL.IsAbs() || r.URL.Host == "" {
+		return "", errors.New("this is a proxy: send CONNECT host:port or an absolute-form request (GET http://host/path)")
+	}
+	var port string
+	switch r.URL.Scheme {
+	case "http":
+		port = "80"
+	case "https":
+		port = "443"
+	default:
+		return "", fmt.Errorf("unsupported scheme %q", r.URL.Scheme)
+	}
+	target := r.URL.Host
+	if p := r.URL.Port(); p == "" {
+		target = net.JoinHostPort(r.URL.Hostname(), port)
+	}
+	if _, _, err := wire.SplitHostPort(target); err != nil {
+		return target, err
+	}
+	return target, nil
+}
+
+func (h *Handler) authenticate(r *http.Request) (string, error) {
+	hdr := r.Header.Get("Proxy-Authorization")
+	if hdr == "" {
+		return "", errors.New("proxy authentication required: user = agent ID, password = token or noauth")
+	}
+	user, pass, err := auth.ParseBasic(hdr)
+	if err != nil {
+		return "", err
+	}
+	if err := h.cfg.Auth.Client(user, pass); err != nil {
+		return user, err
+	}
+	return user, nil
+}
+
+// fail answers with a status and a one-line plain-text reason, and logs it.
+func (h *Handler) fail(w http.ResponseWriter, r *http.Request, agentID, target string, status int, reason string) {
+	h.log.Info("request refused", "agent", agentID, "client", r.RemoteAddr, "method", r.Method,
+		"destination", target, "status", status, "reason", reason)
+	writeError(w, status, reason)
+}
+
+// writeError answers with a status and a one-line plain-text reason.
+func writeError(w http.ResponseWriter, status int, reason string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	if status == http.StatusProxyAuthRequired || status == http.StatusBadRequest {
+		w.Header().Set("Connection", "close")
+	}
+	w.WriteHeader(status)
+	fmt.Fprintln(w, reason)
+}
+
+func (h *Handler) connect(w http.ResponseWriter, r *http.Request, agentID, target string) {
+	start := time.Now()
+	tunnel, err := h.cfg.Dialer.Dial(r.Context(), agentID, target)
+	if err != nil {
+		h.fail(w, r, agentID, target, wire.Status(err), err.Error())
+		return
+	}
+	rc := http.NewResponseController(w)
+	conn, brw, err := rc.Hijack()
+	if err != nil {
+		tunnel.Close()
+		h.fail(w, r, agentID, target, http.StatusInternalServerError, "cannot take over the connection: "+err.Error())
+		return
+	}
+	conn.SetDeadline(time.Time{})
+	if _, err := conn.Write([]byte("HTTP/1.1 200 Connection established\r\n\r\n")); err != nil {
+		tunnel.Close()
+		conn.Close()
+		return
+	}
+	res := relay.Join(relay.NewTCP(conn, brw.Reader), relay.AsConn(tunnel))
+	h.logTunnel(agentID, r.RemoteAddr, target, "CONNECT", start, res)
+}
+
+func (h *Handler) logTunnel(agentID, client, target, method string, start time.Time, res relay.Result) {
+	outcome := "ok"
+	if res.Err != nil {
+		outcome = res.Err.Error()
+	}
+	h.log.Info("tunnel closed", "agent", agentID, "client", client, "method", method, "destination", target,
+		"bytes_up", res.AToB, "bytes_down", res.BToA,
+		"duration", time.Since(start).Round(time.Millisecond).String(), "outcome", outcome)
+}
+
+// forward serves an absolute-form request through the agent, reusing
+// tunnels as keep-alive connections to the origin.
+func (h *Handler) forward(w http.ResponseWriter, r *http.Request, agentID string) {
+	start := time.Now()
+	sw := &statusWriter{ResponseWriter: w}
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.Out.URL = pr.In.URL
+			pr.Out.Host = pr.In.Host
+			pr.Out.RequestURI = ""
+		},
+		Transport:     h.transport(agentID),
+		FlushInterval: -1,
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			status := wire.Status(err)
+			if errors.Is(err, context.Canceled) {
+				status = 499 // client went away; only logged
+			}
+			var we *wire.Error
+			reason := err.Error()
+			if errors.As(err, &we) {
+				reason = we.Reason
+			}
+			sw.reason = reason
+			writeError(w, status, reason)
+		},
+		ErrorLog: slog.NewLogLogger(h.log.Handler(), slog.LevelDebug),
+	}
+	rp.ServeHTTP(sw, r)
+	attrs := []any{"agent", agentID, "client", r.RemoteAddr, "method", r.Method,
+		"url", r.URL.Redacted(), "status", sw.status, "bytes_down", sw.n,
+		"duration", time.Since(start).Round(time.Millisecond).String()}
+	if sw.reason != "" {
+		attrs = append(attrs, "reason", sw.reason)
+	}
+	h.log.Info("request forwarded", attrs...)
+}
+
+func (h *Handler) transport(agentID string) *http.Transport {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	t := h.transports[agentID]
+	if t == nil {
+		t = &http.Transport{
+			DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+				return h.cfg.Dialer.Dial(ctx, agentID, addr)
+			},
+			Proxy:                 nil,
+			ForceAttemptHTTP2:     false,
+			MaxIdleConnsPerHost:   16,
+			IdleConnTimeout:       90 * time.Second,
+			ResponseHeaderTimeout: 0,
+			DisableCompression:    true,
+			TLSHandshakeTimeout:   10 * time.Second,
+		}
+		h.transports[agentID] = t
+	}
+	return t
+}
+
+// statusWriter records the status and body size of a forwarded response.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+	n      int64
+	reason string // why the proxy answered with an error, if it did
+}
+
+func (s *statusWriter) WriteHeader(code int) {
+	if s.status == 0 {
+		s.status = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusWriter) Write(p []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	n, err := s.ResponseWriter.Write(p)
+	s.n += int64(n)
+	return n, err
+}
+
+func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }

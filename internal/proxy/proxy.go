@@ -1,0 +1,294 @@
+// Package proxy is the proxy role's agent side: it accepts agents over QUIC,
+// authenticates them, keeps one connection per agent ID and opens tunnels
+// to them.
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/reverse-http/reverse-http/internal/auth"
+	"github.com/reverse-http/reverse-http/internal/relay"
+	"github.com/reverse-http/reverse-http/internal/wire"
+)
+
+// Config configures a Server.
+type Config struct {
+	// ListenAddr is the UDP address agents connect to.
+	ListenAddr string
+	// TLS is the server's TLS configuration; NextProtos is set to wire.ALPN.
+	TLS *tls.Config
+	// Auth checks the agents' credentials.
+	Auth auth.Authenticator
+	// AuthTimeout bounds the authentication exchange. Zero means 10s.
+	AuthTimeout time.Duration
+	// DialTimeout bounds opening a tunnel: a stream, the agent's dial of
+	// the destination and its answer. Zero means 10s.
+	DialTimeout time.Duration
+	// IdleTimeout closes an agent connection that was silent this long.
+	// Zero means 30s. The agent's own setting applies when it is shorter.
+	IdleTimeout time.Duration
+	// OnAgent, if set, is called after an agent connected (up) and after
+	// its connection ended (!up). It must not block.
+	OnAgent func(agentID string, up bool)
+}
+
+// Server accepts agents and dials tunnels through them.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	ln     *quic.Listener
+	mu     sync.RWMutex
+	agents map[string]*session
+	wg     sync.WaitGroup
+}
+
+type session struct {
+	id    string
+	conn  *quic.Conn
+	since time.Time
+}
+
+// New makes a Server; Listen binds it.
+func New(cfg Config, log *slog.Logger) *Server {
+	if cfg.AuthTimeout <= 0 {
+		cfg.AuthTimeout = 10 * time.Second
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = 10 * time.Second
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = 30 * time.Second
+	}
+	return &Server{cfg: cfg, log: log, agents: make(map[string]*session)}
+}
+
+// QUICConfig is the proxy's QUIC configuration.
+func (s *Server) quicConfig() *quic.Config {
+	return &quic.Config{
+		MaxIdleTimeout:        s.cfg.IdleTimeout,
+		HandshakeIdleTimeout:  s.cfg.AuthTimeout,
+		MaxIncomingStreams:    1, // the authentication stream; tunnels are opened by us
+		MaxIncomingUniStreams: -1,
+	}
+}
+
+// Listen binds the UDP listener.
+func (s *Server) Listen() error {
+	tlsConf := s.cfg.TLS.Clone()
+	tlsConf.NextProtos = []string{wire.ALPN}
+	if tlsConf.MinVersion < tls.VersionTLS13 {
+		tlsConf.MinVersion = tls.VersionTLS13
+	}
+	ln, err := quic.ListenAddr(s.cfg.ListenAddr, tlsConf, s.quicConfig())
+	if err != nil {
+		return fmt.Errorf("agent server: listen on %s: %w", s.cfg.ListenAddr, err)
+	}
+	s.ln = ln
+	return nil
+}
+
+// Addr is the bound UDP address; Listen must have succeeded.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Run accepts agents until ctx ends, then closes every agent connection and
+// returns after all goroutines it started have ended.
+func (s *Server) Run(ctx context.Context) error {
+	if s.ln == nil {
+		if err := s.Listen(); err != nil {
+			return err
+		}
+	}
+	s.log.Info("agent server listening", "address", s.ln.Addr().String())
+	stop := context.AfterFunc(ctx, func() { s.ln.Close() })
+	defer stop()
+	var err error
+	for {
+		var conn *quic.Conn
+		conn, err = s.ln.Accept(ctx)
+		if err != nil {
+			break
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.serve(ctx, conn)
+		}()
+	}
+	s.ln.Close()
+	s.mu.Lock()
+	for _, a := range s.agents {
+		a.conn.CloseWithError(wire.CodeShutdown, "proxy shutting down")
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	if ctx.Err() != nil {
+		return nil
+	}
+	return fmt.Errorf("agent server: %w", err)
+}
+
+// serve authenticates a new connection and registers it.
+func (s *Server) serve(ctx context.Context, conn *quic.Conn) {
+	remote := conn.RemoteAddr().String()
+	id, err := s.authenticate(ctx, conn)
+	if err != nil {
+		s.log.Warn("agent authentication failed", "remote", remote, "error", err)
+		code := wire.CodeAuthFailed
+		if errors.Is(err, errEmptyID) {
+			code = wire.CodeBadRequest
+		}
+		conn.CloseWithError(code, truncate(err.Error(), 200))
+		return
+	}
+	sess := &session{id: id, conn: conn, since: time.Now()}
+	s.mu.Lock()
+	old := s.agents[id]
+	s.agents[id] = sess
+	s.mu.Unlock()
+	if old != nil {
+		s.log.Warn("agent connection replaced by a new one with the same ID",
+			"agent", id, "old_remote", old.conn.RemoteAddr().String(), "new_remote", remote)
+		old.conn.CloseWithError(wire.CodeReplaced, "replaced by a new connection for agent "+id+" from "+remote)
+	}
+	s.log.Info("agent connected", "agent", id, "remote", remote)
+	if s.cfg.OnAgent != nil {
+		s.cfg.OnAgent(id, true)
+	}
+	s.wg.Add(1)
+	context.AfterFunc(conn.Context(), func() {
+		defer s.wg.Done()
+		s.mu.Lock()
+		current := s.agents[id] == sess
+		if current {
+			delete(s.agents, id)
+		}
+		s.mu.Unlock()
+		s.log.Info("agent disconnected", "agent", id, "remote", remote,
+			"connected_for", time.Since(sess.since).Round(time.Millisecond).String(),
+			"cause", context.Cause(conn.Context()))
+		if current && s.cfg.OnAgent != nil {
+			s.cfg.OnAgent(id, false)
+		}
+	})
+}
+
+var errEmptyID = errors.New("empty agent ID")
+
+func (s *Server) authenticate(ctx context.Context, conn *quic.Conn) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.AuthTimeout)
+	defer cancel()
+	stream, err := conn.AcceptStream(ctx)
+	if err != nil {
+		return "", fmt.Errorf("accept auth stream: %w", err)
+	}
+	deadline, _ := ctx.Deadline()
+	stream.SetDeadline(deadline)
+	cred, err := wire.ReadMessage(stream)
+	if err != nil {
+		stream.CancelRead(wire.StreamCodeAbort)
+		stream.CancelWrite(wire.StreamCodeAbort)
+		return "", fmt.Errorf("read credential: %w", err)
+	}
+	id, err := s.cfg.Auth.Agent(cred)
+	if err != nil {
+		return "", err
+	}
+	if id == "" {
+		return "", errEmptyID
+	}
+	if err := wire.WriteMessage(stream, wire.AuthOK); err != nil {
+		return "", fmt.Errorf("write auth answer: %w", err)
+	}
+	stream.Close()
+	return id, nil
+}
+
+// Agents returns the number of connected agents.
+func (s *Server) Agents() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.agents)
+}
+
+// Connected reports whether agentID is connected here.
+func (s *Server) Connected(agentID string) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	_, ok := s.agents[agentID]
+	return ok
+}
+
+// Dial opens a tunnel to hostport through agentID. Errors are *wire.Error.
+func (s *Server) Dial(ctx context.Context, agentID, hostport string) (net.Conn, error) {
+	s.mu.RLock()
+	sess := s.agents[agentID]
+	s.mu.RUnlock()
+	if sess == nil {
+		return nil, wire.Errorf(wire.ErrAgentOffline, "agent "+agentID+" is not connected")
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
+	defer cancel()
+	stream, err := sess.conn.OpenStreamSync(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, wire.Errorf(wire.ErrTimeout, fmt.Sprintf("agent %s: no tunnel available within %s", agentID, s.cfg.DialTimeout))
+		}
+		return nil, wire.Errorf(wire.ErrAgentOffline, fmt.Sprintf("agent %s: %v", agentID, err))
+	}
+	// A deadline on the stream bounds the handshake; cancelling ctx (the
+	// client went away) cuts it short.
+	deadline, _ := ctx.Deadline()
+	stream.SetDeadline(deadline)
+	stopWatch := context.AfterFunc(ctx, func() { stream.SetDeadline(time.Now()) })
+	defer stopWatch()
+
+	br := bufio.NewReaderSize(stream, 1024)
+	status, reason, err := func() (int, string, error) {
+		if err := wire.WriteConnect(stream, hostport); err != nil {
+			return 0, "", err
+		}
+		return wire.ReadResponse(br)
+	}()
+	if err != nil {
+		stream.CancelRead(wire.StreamCodeAbort)
+		stream.CancelWrite(wire.StreamCodeAbort)
+		if ctx.Err() != nil {
+			return nil, wire.Errorf(wire.ErrTimeout, fmt.Sprintf("agent %s: no answer for %s within %s", agentID, hostport, s.cfg.DialTimeout))
+		}
+		var nerr net.Error
+		if errors.As(err, &nerr) && nerr.Timeout() {
+			return nil, wire.Errorf(wire.ErrTimeout, fmt.Sprintf("agent %s: no answer for %s within %s", agentID, hostport, s.cfg.DialTimeout))
+		}
+		return nil, wire.Errorf(wire.ErrUnreachable, fmt.Sprintf("agent %s: tunnel to %s: %v", agentID, hostport, err))
+	}
+	if status != 200 {
+		stream.CancelRead(wire.StreamCodeAbort)
+		stream.Close()
+		return nil, wire.ErrorFromStatus(status, reason)
+	}
+	if !stopWatch() {
+		// ctx ended after the answer arrived: the client is gone.
+		stream.CancelRead(wire.StreamCodeAbort)
+		stream.CancelWrite(wire.StreamCodeAbort)
+		return nil, wire.Errorf(wire.ErrTimeout, fmt.Sprintf("agent %s: tunnel to %s: %v", agentID, hostport, context.Cause(ctx)))
+	}
+	stream.SetDeadline(time.Time{})
+	return relay.NewStream(stream, br, sess.conn.LocalAddr(), sess.conn.RemoteAddr()), nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}

@@ -1,0 +1,88 @@
+package relay
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+)
+
+// AbortCode is the QUIC stream error code sent when a tunnel is torn down
+// after an error.
+const AbortCode quic.StreamErrorCode = 0x1
+
+// Stream adapts a QUIC stream that carries one tunnel to net.Conn and Conn.
+// Bytes the tunnel's handshake read ahead into a bufio.Reader are returned
+// first. Close aborts only the halves that did not end cleanly, so a stream
+// whose FIN was written never loses buffered bytes to a reset.
+type Stream struct {
+	s      *quic.Stream
+	br     *bufio.Reader
+	local  net.Addr
+	remote net.Addr
+
+	wroteFIN atomic.Bool
+	readEOF  atomic.Bool
+}
+
+// NewStream wraps s. br, if not nil, is a reader over s holding bytes read
+// ahead; local and remote are the QUIC connection's addresses.
+func NewStream(s *quic.Stream, br *bufio.Reader, local, remote net.Addr) *Stream {
+	if br != nil && br.Buffered() == 0 {
+		br = nil
+	}
+	return &Stream{s: s, br: br, local: local, remote: remote}
+}
+
+func (c *Stream) Read(p []byte) (int, error) {
+	if c.br != nil {
+		if c.br.Buffered() > 0 {
+			return c.br.Read(p)
+		}
+		c.br = nil
+	}
+	n, err := c.s.Read(p)
+	if err == io.EOF {
+		c.readEOF.Store(true)
+	}
+	return n, err
+}
+
+func (c *Stream) Write(p []byte) (int, error) { return c.s.Write(p) }
+
+// CloseWrite sends the stream's FIN.
+func (c *Stream) CloseWrite() error {
+	c.wroteFIN.Store(true)
+	return c.s.Close()
+}
+
+// Close ends the stream cleanly: it writes the FIN if that was not done
+// yet, and stops reading.
+func (c *Stream) Close() error {
+	if !c.wroteFIN.Swap(true) {
+		c.s.Close()
+	}
+	if !c.readEOF.Load() {
+		c.s.CancelRead(AbortCode)
+	}
+	return nil
+}
+
+// Abort resets the halves of the stream that did not end cleanly.
+func (c *Stream) Abort() {
+	if !c.wroteFIN.Load() {
+		c.s.CancelWrite(AbortCode)
+	}
+	if !c.readEOF.Load() {
+		c.s.CancelRead(AbortCode)
+	}
+}
+
+func (c *Stream) LocalAddr() net.Addr                { return c.local }
+func (c *Stream) RemoteAddr() net.Addr               { return c.remote }
+func (c *Stream) SetDeadline(t time.Time) error      { return c.s.SetDeadline(t) }
+func (c *Stream) SetReadDeadline(t time.Time) error  { return c.s.SetReadDeadline(t) }
+func (c *Stream) SetWriteDeadline(t time.Time) error { return c.s.SetWriteDeadline(t) }

@@ -1,0 +1,61 @@
+package wire
+
+import (
+	"errors"
+	"net/http"
+)
+
+// Kinds of tunnel failure. Dialers wrap them in an *Error with a reason; the
+// client edge maps them to HTTP statuses.
+var (
+	ErrAgentOffline = errors.New("agent not connected")
+	ErrDenied       = errors.New("destination not allowed")
+	ErrUnreachable  = errors.New("destination unreachable")
+	ErrTimeout      = errors.New("timed out")
+	ErrBadRequest   = errors.New("bad request")
+)
+
+// Error is a tunnel failure of one Kind, with a one-line reason for humans.
+type Error struct {
+	Kind   error
+	Reason string
+}
+
+func (e *Error) Error() string { return e.Reason }
+func (e *Error) Unwrap() error { return e.Kind }
+
+// Errorf makes an *Error of the given kind.
+func Errorf(kind error, reason string) error { return &Error{Kind: kind, Reason: reason} }
+
+// ErrorFromStatus turns an agent's error answer into an *Error. The
+// reference agent answers 503 for every dial failure; that is a
+// destination failure, not an offline agent.
+func ErrorFromStatus(status int, reason string) error {
+	kind := ErrUnreachable
+	switch status {
+	case http.StatusForbidden:
+		kind = ErrDenied
+	case http.StatusGatewayTimeout:
+		kind = ErrTimeout
+	case http.StatusBadRequest:
+		kind = ErrBadRequest
+	}
+	return &Error{Kind: kind, Reason: reason}
+}
+
+// Status is the HTTP status for err: 503 agent offline, 403 denied, 504
+// timeout, 400 bad request, 502 for everything else.
+func Status(err error) int {
+	switch {
+	case errors.Is(err, ErrAgentOffline):
+		return http.StatusServiceUnavailable
+	case errors.Is(err, ErrDenied):
+		return http.StatusForbidden
+	case errors.Is(err, ErrTimeout):
+		return http.StatusGatewayTimeout
+	case errors.Is(err, ErrBadRequest):
+		return http.StatusBadRequest
+	default:
+		return http.StatusBadGateway
+	}
+}

@@ -1,0 +1,235 @@
+// Package wire is the agent<->proxy protocol spoken over QUIC, byte for byte
+// compatible with grepplabs/reverse-http.
+//
+// # Connection
+//
+// The agent is the QUIC client. TLS 1.3 with ALPN [ALPN] ("reverse-http-proto").
+//
+// # Authentication
+//
+// The agent opens the first bidirectional stream and writes one message:
+//
+//	+----------------------+---------------------------+
+//	| length (uint32, BE)  | credential (length bytes) |
+//	+----------------------+---------------------------+
+//
+// The credential is the agent ID (noauth) or a JWT with role "agent" (jwt).
+// A length above [MaxAuthLen] (1 MiB) is refused. On success the proxy answers
+// on the same stream with a message of the same framing whose payload is
+// [AuthOK] ("authenticated") and closes the stream; on failure it closes the
+// whole connection with an application error ([CodeAuthFailed]; the reference
+// proxy uses 500). Both sides bound the exchange with a timeout.
+//
+// # Tunnels
+//
+// Every tunnel is one bidirectional stream opened by the proxy. The proxy writes
+// an HTTP/1.1 CONNECT request in authority form:
+//
+//	CONNECT host:port HTTP/1.1\r\n
+//	Host: host:port\r\n
+//	\r\n
+//
+// (the reference proxy adds "Proxy-Connection: keep-alive"; extra headers are
+// ignored). The agent answers with an HTTP/1.1 response:
+//
+//	HTTP/1.1 200 Connection established\r\n
+//	\r\n
+//
+// after which the stream carries raw bytes in both directions, a FIN on the
+// stream standing for a TCP half-close. Or it answers with an error status and
+// a short text/plain reason, and closes the stream:
+//
+//	HTTP/1.1 403 Forbidden\r\n
+//	Content-Type: text/plain; charset=utf-8\r\n
+//	Content-Length: 37\r\n
+//	\r\n
+//	destination example.com:25 not allowed
+//
+// Statuses the agent sends: 403 (its allowlist denies the destination), 502
+// (refused, unreachable or unresolvable), 504 (the dial timed out), 400 (the
+// request is malformed). The reference agent answers 503 for any dial error.
+//
+// The proxy must not send tunnel bytes before it has read the 200: the
+// reference agent drops bytes that arrive together with the request.
+package wire
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/quic-go/quic-go"
+)
+
+// ALPN is the TLS application protocol of the agent connection.
+const ALPN = "reverse-http-proto"
+
+// MaxAuthLen is the largest credential an agent may send, and the largest
+// authentication answer it accepts.
+const MaxAuthLen = 1 << 20
+
+// AuthOK is the proxy's answer to a successful authentication.
+const AuthOK = "authenticated"
+
+// Application error codes used to close an agent connection. The reference
+// uses 0 (normal), 400 and 500; we keep those numbers meaningful and add ours
+// above 0x100 so that logs on either side can say why a connection ended.
+const (
+	// CodeNoError: the connection was closed normally.
+	CodeNoError quic.ApplicationErrorCode = 0
+	// CodeBadRequest: the reference's code for an empty agent ID.
+	CodeBadRequest quic.ApplicationErrorCode = 400
+	// CodeAuthFailed: the credential was refused (the reference's 500).
+	CodeAuthFailed quic.ApplicationErrorCode = 500
+	// CodeReplaced: another connection authenticated with the same agent ID
+	// and replaced this one. An agent that sees it waits before it reconnects.
+	CodeReplaced quic.ApplicationErrorCode = 0x101
+	// CodeShutdown: the proxy is shutting down; reconnect (to another proxy).
+	CodeShutdown quic.ApplicationErrorCode = 0x102
+	// CodeProtocol: the peer broke this protocol.
+	CodeProtocol quic.ApplicationErrorCode = 0x103
+)
+
+// Stream error codes, for CancelRead/CancelWrite on a tunnel stream.
+const (
+	// StreamCodeAbort: the tunnel ended abnormally (a TCP reset, an I/O error).
+	StreamCodeAbort quic.StreamErrorCode = 0x1
+)
+
+// ErrTooLong is returned for an authentication message above MaxAuthLen.
+var ErrTooLong = errors.New("message longer than 1 MiB")
+
+// WriteMessage writes one length-prefixed message.
+func WriteMessage(w io.Writer, msg string) error {
+	if len(msg) > MaxAuthLen {
+		return ErrTooLong
+	}
+	buf := make([]byte, 4+len(msg))
+	binary.BigEndian.PutUint32(buf, uint32(len(msg)))
+	copy(buf[4:], msg)
+	_, err := w.Write(buf)
+	return err
+}
+
+// ReadMessage reads one length-prefixed message.
+func ReadMessage(r io.Reader) (string, error) {
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return "", fmt.Errorf("read length: %w", err)
+	}
+	n := binary.BigEndian.Uint32(hdr[:])
+	if n > MaxAuthLen {
+		return "", fmt.Errorf("%w: %d bytes", ErrTooLong, n)
+	}
+	buf := make([]byte, n)
+	if _, err := io.ReadFull(r, buf); err != nil {
+		return "", fmt.Errorf("read %d-byte message: %w", n, err)
+	}
+	return string(buf), nil
+}
+
+// WriteConnect writes the tunnel request for hostport.
+func WriteConnect(w io.Writer, hostport string) error {
+	_, err := io.WriteString(w, "CONNECT "+hostport+" HTTP/1.1\r\nHost: "+hostport+"\r\n\r\n")
+	return err
+}
+
+// ReadConnect reads a tunnel request and returns its validated destination
+// (host:port; IPv6 hosts bracketed). Bytes behind the request stay in br.
+func ReadConnect(br *bufio.Reader) (string, error) {
+	req, err := http.ReadRequest(br)
+	if err != nil {
+		return "", fmt.Errorf("read tunnel request: %w", err)
+	}
+	if req.Method != http.MethodConnect {
+		return "", fmt.Errorf("tunnel request: method %q, want CONNECT", req.Method)
+	}
+	if req.ContentLength > 0 || len(req.TransferEncoding) > 0 {
+		return "", errors.New("tunnel request: unexpected body")
+	}
+	target := req.RequestURI
+	if target == "" {
+		target = req.Host
+	}
+	if _, _, err := SplitHostPort(target); err != nil {
+		return "", fmt.Errorf("tunnel request: %w", err)
+	}
+	return target, nil
+}
+
+// SplitHostPort splits and validates a CONNECT authority: a non-empty host
+// and a port in 1..65535.
+func SplitHostPort(hostport string) (host string, port int, err error) {
+	h, p, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return "", 0, fmt.Errorf("destination %q: %w", hostport, stripAddrErr(err))
+	}
+	if h == "" {
+		return "", 0, fmt.Errorf("destination %q: missing host", hostport)
+	}
+	if strings.ContainsAny(h, " \t\r\n/\\@") {
+		return "", 0, fmt.Errorf("destination %q: invalid host", hostport)
+	}
+	n, err := strconv.Atoi(p)
+	if err != nil || n < 1 || n > 65535 {
+		return "", 0, fmt.Errorf("destination %q: invalid port %q", hostport, p)
+	}
+	return h, n, nil
+}
+
+func stripAddrErr(err error) error {
+	var ae *net.AddrError
+	if errors.As(err, &ae) {
+		return errors.New(ae.Err)
+	}
+	return err
+}
+
+// WriteOK writes the agent's success answer.
+func WriteOK(w io.Writer) error {
+	_, err := io.WriteString(w, "HTTP/1.1 200 Connection established\r\n\r\n")
+	return err
+}
+
+// WriteError writes an error answer with a one-line reason.
+func WriteError(w io.Writer, status int, reason string) error {
+	reason = strings.ReplaceAll(reason, "\n", " ")
+	_, err := fmt.Fprintf(w, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n\r\n%s",
+		status, http.StatusText(status), len(reason), reason)
+	return err
+}
+
+// maxReasonLen bounds the reason read from an error answer.
+const maxReasonLen = 4 << 10
+
+// connectReq lets http.ReadResponse know the answer belongs to a CONNECT, so a
+// 200 has no body and the tunnel bytes behind it stay in the reader.
+var connectReq = &http.Request{Method: http.MethodConnect}
+
+// ReadResponse reads the agent's answer. On 200 it returns (200, "", nil) and
+// the tunnel bytes that follow stay in br. On an error status it returns the
+// status and the reason text (the status text when the body is empty).
+func ReadResponse(br *bufio.Reader) (status int, reason string, err error) {
+	resp, err := http.ReadResponse(br, connectReq)
+	if err != nil {
+		return 0, "", fmt.Errorf("read tunnel response: %w", err)
+	}
+	if resp.StatusCode == http.StatusOK {
+		return http.StatusOK, "", nil
+	}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxReasonLen))
+	reason = strings.TrimSpace(string(body))
+	if i := strings.IndexAny(reason, "\r\n"); i >= 0 {
+		reason = reason[:i]
+	}
+	if reason == "" {
+		reason = resp.Status
+	}
+	return resp.StatusCode, reason, nil
+}
