@@ -46,12 +46,12 @@ type AgentCmd struct {
 func (c *AgentCmd) Run(e *Env) error {
 	ac := &c.AgentClient
 	for flag, d := range map[string]time.Duration{
-		"agent-client.tls.refresh":    ac.TLS.Refresh,
-		"agent-client.dial-timeout":   ac.DialTimeout,
-		"agent-client.keep-alive":     ac.KeepAlive,
-		"agent-client.idle-timeout":   ac.IdleTimeout,
-		"agent-client.replaced-wait":  ac.ReplacedWait,
-		"agent-client.backoff-max":    ac.BackoffMax,
+		"agent-client.tls.refresh":   ac.TLS.Refresh,
+		"agent-client.dial-timeout":  ac.DialTimeout,
+		"agent-client.keep-alive":    ac.KeepAlive,
+		"agent-client.idle-timeout":  ac.IdleTimeout,
+		"agent-client.replaced-wait": ac.ReplacedWait,
+		"agent-client.backoff-max":   ac.BackoffMax,
 	} {
 		if err := checkDuration(flag, d); err != nil {
 			return err

@@ -107,11 +107,11 @@ func checkDuration(flag string, d time.Duration) error {
 // Run starts the proxy and blocks until the context ends.
 func (c *ProxyCmd) Run(e *Env) error {
 	for flag, d := range map[string]time.Duration{
-		"agent-server.tls.refresh":          c.AgentServer.TLS.Refresh,
-		"agent-server.agent.dial-timeout":   c.AgentServer.Agent.DialTimeout,
-		"agent-server.idle-timeout":         c.AgentServer.IdleTimeout,
-		"http-proxy.tls.refresh":            c.HTTPProxy.TLS.Refresh,
-		"store.memcached.timeout":           c.Store.Memcached.Timeout,
+		"agent-server.tls.refresh":        c.AgentServer.TLS.Refresh,
+		"agent-server.agent.dial-timeout": c.AgentServer.Agent.DialTimeout,
+		"agent-server.idle-timeout":       c.AgentServer.IdleTimeout,
+		"http-proxy.tls.refresh":          c.HTTPProxy.TLS.Refresh,
+		"store.memcached.timeout":         c.Store.Memcached.Timeout,
 	} {
 		if err := checkDuration(flag, d); err != nil {
 			return err
