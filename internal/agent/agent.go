@@ -20,6 +20,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/reverse-http/reverse-http/internal/allow"
+	"github.com/reverse-http/reverse-http/internal/metrics"
 	"github.com/reverse-http/reverse-http/internal/relay"
 	"github.com/reverse-http/reverse-http/internal/wire"
 )
@@ -51,6 +52,8 @@ type Config struct {
 	BackoffMax time.Duration
 	// Resolver resolves destination names; nil means net.DefaultResolver.
 	Resolver *net.Resolver
+	// Metrics, if not nil, records the connection state and tunnels.
+	Metrics *metrics.Metrics
 }
 
 func (c *Config) setDefaults() {
@@ -151,6 +154,8 @@ func (a *Agent) session(ctx context.Context) (time.Duration, error) {
 		return 0, err
 	}
 	up := time.Now()
+	a.cfg.Metrics.Agents(1)
+	defer a.cfg.Metrics.Agents(-1)
 	a.log.Info("connected to proxy", "server", a.cfg.ServerAddr, "remote", conn.RemoteAddr().String())
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -216,7 +221,10 @@ func (a *Agent) tunnel(ctx context.Context, conn *quic.Conn, stream *quic.Stream
 		stream.CancelWrite(wire.StreamCodeAbort)
 		return
 	}
+	a.cfg.Metrics.Request("agent", http.StatusOK)
+	a.cfg.Metrics.Opened(time.Since(start))
 	res := relay.Join(relay.NewStream(stream, br, conn.LocalAddr(), conn.RemoteAddr()), relay.NewTCP(dest, nil))
+	a.cfg.Metrics.Closed(res.AToB, res.BToA)
 	outcome := "ok"
 	if res.Err != nil {
 		outcome = res.Err.Error()
@@ -228,6 +236,7 @@ func (a *Agent) tunnel(ctx context.Context, conn *quic.Conn, stream *quic.Stream
 
 func (a *Agent) refuse(stream *quic.Stream, status int, reason, target string) {
 	a.log.Info("tunnel refused", "destination", target, "status", status, "reason", reason)
+	a.cfg.Metrics.Request("agent", status)
 	stream.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	wire.WriteError(stream, status, reason)
 	stream.Close()

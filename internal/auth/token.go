@@ -124,6 +124,9 @@ func (v *Verifier) Verify(token, role string) (*Claims, error) {
 	if role != RoleClient && role != RoleAgent {
 		return nil, deny("verifier asked for unknown role %q", role)
 	}
+	if v.parser == nil {
+		return nil, deny("verifier not made by NewVerifier")
+	}
 	if v.keyErr != nil {
 		return nil, deny("verifier key: %v", v.keyErr)
 	}

@@ -288,6 +288,8 @@ func TestVerifierUnsupportedKey(t *testing.T) {
 		_, err := NewVerifier(pub, "").Verify(tok, RoleClient)
 		wantErr(t, err, "verifier key: unsupported public key type", ErrUnauthorized)
 	}
+	_, err := new(Verifier).Verify(tok, RoleClient)
+	wantErr(t, err, "not made by NewVerifier", ErrUnauthorized)
 }
 
 func TestNewUUID(t *testing.T) {

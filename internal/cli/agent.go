@@ -7,6 +7,7 @@ import (
 
 	"github.com/reverse-http/reverse-http/internal/agent"
 	"github.com/reverse-http/reverse-http/internal/auth"
+	"github.com/reverse-http/reverse-http/internal/metrics"
 	"github.com/reverse-http/reverse-http/internal/tlsconf"
 )
 
@@ -31,7 +32,8 @@ type AgentCmd struct {
 		ReplacedWait time.Duration `default:"30s" help:"After another agent with the same ID replaced this one, wait this long before reconnecting."`
 		BackoffMax   time.Duration `default:"30s" help:"Cap of the exponential reconnect backoff."`
 	} `embed:"" prefix:"agent-client."`
-	Auth struct {
+	Metrics MetricsConfig `embed:"" prefix:"metrics."`
+	Auth    struct {
 		Type   string `enum:"noauth,jwt" default:"noauth" help:"How the agent authenticates. One of: [noauth, jwt]."`
 		NoAuth struct {
 			AgentID string `help:"The agent ID (noauth)."`
@@ -97,7 +99,9 @@ func (c *AgentCmd) Run(e *Env) error {
 		return fmt.Errorf("--agent-client.tls: %w", err)
 	}
 	e.Log.Info("agent starting", "server", ac.ServerAddress, "auth", c.Auth.Type, "allowlist", allowList.String())
+	m := metrics.New()
 	a := agent.New(agent.Config{
+		Metrics:      m,
 		ServerAddr:   ac.ServerAddress,
 		TLS:          tlsConf,
 		Credential:   credential,
@@ -109,5 +113,5 @@ func (c *AgentCmd) Run(e *Env) error {
 		ReplacedWait: ac.ReplacedWait,
 		BackoffMax:   ac.BackoffMax,
 	}, e.Log)
-	return a.Run(e.Ctx)
+	return runAll(e.Ctx, append(c.Metrics.serve(m, e), a.Run)...)
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/reverse-http/reverse-http/internal/allow"
 	"github.com/reverse-http/reverse-http/internal/auth"
 	"github.com/reverse-http/reverse-http/internal/front"
+	"github.com/reverse-http/reverse-http/internal/metrics"
 	"github.com/reverse-http/reverse-http/internal/proxy"
 	"github.com/reverse-http/reverse-http/internal/tlsconf"
 )
@@ -49,8 +50,9 @@ type ProxyCmd struct {
 		} `embed:"" prefix:"tls."`
 		HostWhitelist []string `placeholder:"PATTERNS" help:"Destinations clients may reach (comma-separated or repeated). Empty allows all."`
 	} `embed:"" prefix:"http-proxy." name:"http-proxy"`
-	Auth  AuthVerifier `embed:"" prefix:"auth."`
-	Store struct {
+	Auth    AuthVerifier  `embed:"" prefix:"auth."`
+	Metrics MetricsConfig `embed:"" prefix:"metrics."`
+	Store   struct {
 		Type             string          `enum:"none,memcached" default:"none" help:"Route store for HA. One of: [none, memcached]."`
 		HTTPProxyAddress string          `name:"http-proxy-address" help:"Address this proxy registers for its agents (default: the HTTP proxy listen address)."`
 		Memcached        MemcachedConfig `embed:"" prefix:"memcached."`
@@ -64,6 +66,19 @@ type AuthVerifier struct {
 		PublicKey string `placeholder:"FILE" default:"auth-key-public.pem" help:"Public key (PEM) that verifies tokens."`
 		Audience  string `help:"Required token audience (aud), when set."`
 	} `embed:"" prefix:"jwt."`
+}
+
+// MetricsConfig is --metrics.*.
+type MetricsConfig struct {
+	ListenAddress string `placeholder:"ADDR" help:"Serve Prometheus /metrics and /healthz on this TCP address (empty = off)."`
+}
+
+// run returns the metrics server as a runAll function, or nil when off.
+func (c MetricsConfig) serve(m *metrics.Metrics, e *Env) []func(context.Context) error {
+	if c.ListenAddress == "" {
+		return nil
+	}
+	return []func(context.Context) error{func(ctx context.Context) error { return m.Serve(ctx, c.ListenAddress, e.Log) }}
 }
 
 // MemcachedConfig is --store.memcached.*.
@@ -143,8 +158,10 @@ func (c *ProxyCmd) Run(e *Env) error {
 		}
 	}
 
+	m := metrics.New()
 	var handler *front.Handler
 	srv := proxy.New(proxy.Config{
+		Metrics:     m,
 		ListenAddr:  c.AgentServer.ListenAddress,
 		TLS:         agentTLS,
 		Auth:        authn,
@@ -156,7 +173,7 @@ func (c *ProxyCmd) Run(e *Env) error {
 			}
 		},
 	}, e.Log.With("component", "agent-server"))
-	handler = front.New(front.Config{Auth: authn, Allow: allowList, Dialer: srv}, e.Log.With("component", "http-proxy"))
+	handler = front.New(front.Config{Auth: authn, Allow: allowList, Dialer: srv, Metrics: m}, e.Log.With("component", "http-proxy"))
 	if err := srv.Listen(); err != nil {
 		return err
 	}
@@ -171,10 +188,10 @@ func (c *ProxyCmd) Run(e *Env) error {
 	}
 	e.Log.Info("http proxy listening", "address", ln.Addr().String(), "scheme", scheme,
 		"auth", c.Auth.Type, "allowlist", allowList.String())
-	return runAll(e.Ctx,
+	return runAll(e.Ctx, append(c.Metrics.serve(m, e),
 		srv.Run,
 		func(ctx context.Context) error { return serveHTTP(ctx, hs, ln) },
-	)
+	)...)
 }
 
 func (c *ProxyCmd) agentTLS(e *Env) (*tls.Config, error) {

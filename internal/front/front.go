@@ -17,6 +17,7 @@ import (
 
 	"github.com/reverse-http/reverse-http/internal/allow"
 	"github.com/reverse-http/reverse-http/internal/auth"
+	"github.com/reverse-http/reverse-http/internal/metrics"
 	"github.com/reverse-http/reverse-http/internal/relay"
 	"github.com/reverse-http/reverse-http/internal/wire"
 )
@@ -32,6 +33,8 @@ type Config struct {
 	Auth   auth.Authenticator
 	Allow  *allow.List // nil or empty allows every destination
 	Dialer Dialer
+	// Metrics, if not nil, records requests and tunnels.
+	Metrics *metrics.Metrics
 }
 
 // Handler serves proxy clients.
@@ -156,6 +159,11 @@ func (h *Handler) authenticate(r *http.Request) (string, error) {
 
 // fail answers with a status and a one-line plain-text reason, and logs it.
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, agentID, target string, status int, reason string) {
+	kind := "forward"
+	if r.Method == http.MethodConnect {
+		kind = "connect"
+	}
+	h.cfg.Metrics.Request(kind, status)
 	h.log.Info("request refused", "agent", agentID, "client", r.RemoteAddr, "method", r.Method,
 		"destination", target, "status", status, "reason", reason)
 	writeError(w, status, reason)
@@ -179,6 +187,8 @@ func (h *Handler) connect(w http.ResponseWriter, r *http.Request, agentID, targe
 		h.fail(w, r, agentID, target, wire.Status(err), err.Error())
 		return
 	}
+	h.cfg.Metrics.Opened(time.Since(start))
+	h.cfg.Metrics.Request("connect", http.StatusOK)
 	rc := http.NewResponseController(w)
 	conn, brw, err := rc.Hijack()
 	if err != nil {
@@ -193,6 +203,7 @@ func (h *Handler) connect(w http.ResponseWriter, r *http.Request, agentID, targe
 		return
 	}
 	res := relay.Join(relay.NewTCP(conn, brw.Reader), relay.AsConn(tunnel))
+	h.cfg.Metrics.Closed(res.AToB, res.BToA)
 	h.logTunnel(agentID, r.RemoteAddr, target, "CONNECT", start, res)
 }
 
@@ -242,6 +253,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, agentID string
 		attrs = append(attrs, "reason", sw.reason)
 	}
 	h.log.Info("request forwarded", attrs...)
+	h.cfg.Metrics.Request("forward", sw.status)
 }
 
 func (h *Handler) transport(agentID string) *http.Transport {

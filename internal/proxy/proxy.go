@@ -17,6 +17,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/reverse-http/reverse-http/internal/auth"
+	"github.com/reverse-http/reverse-http/internal/metrics"
 	"github.com/reverse-http/reverse-http/internal/relay"
 	"github.com/reverse-http/reverse-http/internal/wire"
 )
@@ -40,6 +41,8 @@ type Config struct {
 	// OnAgent, if set, is called after an agent connected (up) and after
 	// its connection ended (!up). It must not block.
 	OnAgent func(agentID string, up bool)
+	// Metrics, if not nil, records agent sessions.
+	Metrics *metrics.Metrics
 }
 
 // Server accepts agents and dials tunnels through them.
@@ -148,8 +151,10 @@ func (s *Server) serve(ctx context.Context, conn *quic.Conn) {
 			code = wire.CodeBadRequest
 		}
 		conn.CloseWithError(code, truncate(err.Error(), 200))
+		s.cfg.Metrics.Session("auth_failed")
 		return
 	}
+	s.cfg.Metrics.Session("ok")
 	sess := &session{id: id, conn: conn, since: time.Now()}
 	s.mu.Lock()
 	old := s.agents[id]
@@ -159,6 +164,9 @@ func (s *Server) serve(ctx context.Context, conn *quic.Conn) {
 		s.log.Warn("agent connection replaced by a new one with the same ID",
 			"agent", id, "old_remote", old.conn.RemoteAddr().String(), "new_remote", remote)
 		old.conn.CloseWithError(wire.CodeReplaced, "replaced by a new connection for agent "+id+" from "+remote)
+		s.cfg.Metrics.Session("replaced")
+	} else {
+		s.cfg.Metrics.Agents(1)
 	}
 	s.log.Info("agent connected", "agent", id, "remote", remote)
 	if s.cfg.OnAgent != nil {
@@ -171,6 +179,7 @@ func (s *Server) serve(ctx context.Context, conn *quic.Conn) {
 		current := s.agents[id] == sess
 		if current {
 			delete(s.agents, id)
+			s.cfg.Metrics.Agents(-1)
 		}
 		s.mu.Unlock()
 		s.log.Info("agent disconnected", "agent", id, "remote", remote,

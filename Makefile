@@ -1,0 +1,44 @@
+# reverse-http: make help lists the targets.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+BINARY   := bin/reverse-http
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT   ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo none)
+DATE     ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
+PKG      := github.com/reverse-http/reverse-http/internal/cli
+LDFLAGS  := -s -w -X $(PKG).Version=$(VERSION) -X $(PKG).Commit=$(COMMIT) -X $(PKG).Date=$(DATE)
+FUZZTIME ?= 15s
+
+.PHONY: help build run test unit e2e vet fmt fuzz clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-8s %s\n", $$1, $$2}'
+
+build: ## Build bin/reverse-http
+	CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)" -o $(BINARY) ./cmd/reverse-http
+
+run: build ## Run a local proxy and agent 4711 in the foreground (Ctrl-C stops both)
+	@scripts/run-local.sh $(BINARY)
+
+test: vet ## Run every test (unit, fuzz seeds, e2e with real processes and curl) with the race detector
+	go test -race -count=1 -timeout 30m ./...
+
+unit: ## Run the unit tests only
+	go test -race -count=1 $$(go list ./... | grep -v /e2e)
+
+e2e: ## Run the end-to-end tests only
+	go test -count=1 -timeout 20m -v ./e2e
+
+vet: ## go vet and gofmt check
+	go vet ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
+
+fuzz: ## Run every fuzz target for FUZZTIME each
+	@set -e; for pkg in $$(go list ./internal/...); do \
+	  for f in $$(go test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+	    echo "== $$pkg $$f"; go test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; done
+
+clean: ## Remove build output and the quickstart's files
+	rm -rf bin .run
