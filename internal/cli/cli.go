@@ -6,14 +6,12 @@ package cli
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/alecthomas/kong"
 	kongyaml "github.com/alecthomas/kong-yaml"
@@ -115,7 +113,6 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 		kong.Description("Reverse HTTP proxy over QUIC: agents dial out to the proxy; clients use the proxy as an HTTP proxy."),
 		kong.Configuration(kong.JSON, "/etc/reverse-http/config.json", "~/.reverse-http.json"),
 		kong.Configuration(kongyaml.Loader, "/etc/reverse-http/config.yaml", "~/.reverse-http.yaml"),
-		kong.UsageOnError(),
 		kong.Writers(stdout, stderr),
 		kong.Exit(func(code int) {
 			if exit < 0 {
@@ -150,16 +147,12 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 		}
 		kctx, err := parser.Parse(args)
 		if err != nil {
-			parser.Errorf("%s", err)
-			if pe := (*kong.ParseError)(nil); errors.As(err, &pe) {
-				_ = kctx
-			}
+			fmt.Fprintf(stderr, "reverse-http: error: %v (see --help)\n", err)
 			return 2, true
 		}
 		log := cli.Log.logger(stderr)
 		env := &Env{Ctx: ctx, Log: log, Stdin: stdin, Stdout: stdout, Stderr: stderr}
 		if err := kctx.Run(env); err != nil {
-			log.Error(err.Error())
 			fmt.Fprintf(stderr, "reverse-http: error: %v\n", err)
 			return 1, true
 		}
@@ -199,6 +192,3 @@ func explicitConfig(args []string) (string, bool, error) {
 	}
 	return "", false, nil
 }
-
-// duration formats d for log lines.
-func duration(d time.Duration) string { return d.String() }
