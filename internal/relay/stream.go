@@ -26,6 +26,7 @@ type Stream struct {
 
 	wroteFIN atomic.Bool
 	readEOF  atomic.Bool
+	peek     [1]byte
 }
 
 // NewStream wraps s. br, if not nil, is a reader over s holding bytes read
@@ -49,6 +50,14 @@ func (c *Stream) Read(p []byte) (int, error) {
 		c.readEOF.Store(true)
 	}
 	return n, err
+}
+
+// waitRead blocks until the stream has data, has ended or failed.
+func (c *Stream) waitRead() {
+	if c.br != nil && c.br.Buffered() > 0 {
+		return
+	}
+	c.s.Peek(c.peek[:])
 }
 
 func (c *Stream) Write(p []byte) (int, error) { return c.s.Write(p) }
