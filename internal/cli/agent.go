@@ -3,6 +3,7 @@ package cli
 import (
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/reverse-http/reverse-http/internal/agent"
@@ -90,13 +91,16 @@ func (c *AgentCmd) Run(e *Env) error {
 	if err != nil {
 		return err
 	}
+	if _, _, err := net.SplitHostPort(ac.ServerAddress); err != nil {
+		return fmt.Errorf("--agent-client.server-address: %w", err)
+	}
 	tlsConf, err := tlsconf.Client(tlsconf.ClientOptions{
 		Files:              tlsconf.ClientFiles{Key: ac.TLS.File.Key, Cert: ac.TLS.File.Cert, RootCA: ac.TLS.File.RootCA},
 		Refresh:            ac.TLS.Refresh,
 		InsecureSkipVerify: ac.TLS.InsecureSkipVerify,
 	}, e.Log)
 	if err != nil {
-		return fmt.Errorf("--agent-client.tls: %w", err)
+		return flagError("agent-client", err)
 	}
 	e.Log.Info("agent starting", "server", ac.ServerAddress, "auth", c.Auth.Type, "allowlist", allowList.String())
 	m := metrics.New()

@@ -111,8 +111,8 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 	opts := []kong.Option{
 		kong.Name("reverse-http"),
 		kong.Description("Reverse HTTP proxy over QUIC: agents dial out to the proxy; clients use the proxy as an HTTP proxy."),
-		kong.Configuration(kong.JSON, "/etc/reverse-http/config.json", "~/.reverse-http.json"),
-		kong.Configuration(kongyaml.Loader, "/etc/reverse-http/config.yaml", "~/.reverse-http.yaml"),
+		kong.Configuration(kong.JSON, "/etc/reverse-http/config.json", homePath(".reverse-http.json")),
+		kong.Configuration(kongyaml.Loader, "/etc/reverse-http/config.yaml", homePath(".reverse-http.yaml")),
 		kong.Writers(stdout, stderr),
 		kong.Exit(func(code int) {
 			if exit < 0 {
@@ -142,18 +142,18 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 		}()
 		parser, err := kong.New(&cli, opts...)
 		if err != nil {
-			fmt.Fprintf(stderr, "reverse-http: error: %v\n", err)
+			fmt.Fprintf(stderr, "reverse-http: error: %s\n", oneLine(err))
 			return 2, true
 		}
 		kctx, err := parser.Parse(args)
 		if err != nil {
-			fmt.Fprintf(stderr, "reverse-http: error: %v (see --help)\n", err)
+			fmt.Fprintf(stderr, "reverse-http: error: %s (see --help)\n", oneLine(err))
 			return 2, true
 		}
 		log := cli.Log.logger(stderr)
 		env := &Env{Ctx: ctx, Log: log, Stdin: stdin, Stdout: stdout, Stderr: stderr}
 		if err := kctx.Run(env); err != nil {
-			fmt.Fprintf(stderr, "reverse-http: error: %v\n", err)
+			fmt.Fprintf(stderr, "reverse-http: error: %s\n", oneLine(err))
 			return 1, true
 		}
 		return 0, true
@@ -165,6 +165,22 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 }
 
 type exitPanic struct{}
+
+// oneLine folds a multi-line error message (YAML decoders write several)
+// into one line, so that every start-up error is one grep-able line.
+func oneLine(err error) string {
+	return strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "\n", " ; ")), " ")
+}
+
+// homePath is name in the user's home directory ($HOME on Unix). kong's own
+// "~" expansion reads the passwd entry instead, which ignores $HOME.
+func homePath(name string) string {
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "~/" + name
+	}
+	return filepath.Join(home, name)
+}
 
 // explicitConfig finds --config FILE or --config=FILE in args and checks
 // that the file is readable, since kong silently skips missing files.
@@ -182,7 +198,9 @@ func explicitConfig(args []string) (string, bool, error) {
 		default:
 			continue
 		}
-		path = kong.ExpandPath(path)
+		if rest, ok := strings.CutPrefix(path, "~/"); ok {
+			path = homePath(rest)
+		}
 		f, err := os.Open(path)
 		if err != nil {
 			return "", false, err

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -143,7 +144,7 @@ func (c *ProxyCmd) Run(e *Env) error {
 	if err != nil {
 		return err
 	}
-	agentTLS, err := c.agentTLS(e)
+	agentTLS, selfSigned, err := c.agentTLS(e)
 	if err != nil {
 		return err
 	}
@@ -154,7 +155,7 @@ func (c *ProxyCmd) Run(e *Env) error {
 			Key: f.Key, Cert: f.Cert, ClientCA: f.ClientCA, ClientCRL: f.ClientCRL, KeyPassword: c.HTTPProxy.TLS.KeyPassword,
 		}, c.HTTPProxy.TLS.Refresh, e.Log)
 		if err != nil {
-			return fmt.Errorf("--http-proxy.tls: %w", err)
+			return flagError("http-proxy", err)
 		}
 	}
 
@@ -175,11 +176,16 @@ func (c *ProxyCmd) Run(e *Env) error {
 	}, e.Log.With("component", "agent-server"))
 	handler = front.New(front.Config{Auth: authn, Allow: allowList, Dialer: srv, Metrics: m}, e.Log.With("component", "http-proxy"))
 	if err := srv.Listen(); err != nil {
-		return err
+		return fmt.Errorf("--agent-server.listen-address: %w", errors.Unwrap(err))
 	}
 	ln, err := net.Listen("tcp", c.HTTPProxy.ListenAddress)
 	if err != nil {
+		srv.Close()
 		return fmt.Errorf("--http-proxy.listen-address: %w", err)
+	}
+	if selfSigned != "" {
+		e.Log.Warn("no --agent-server.tls.file.cert/key: using a self-signed certificate generated in memory; agents must use --agent-client.tls.insecure-skip-verify",
+			"sha256_fingerprint", selfSigned)
 	}
 	hs := front.NewServer(c.HTTPProxy.ListenAddress, handler, proxyTLS, e.Log)
 	scheme := "http"
@@ -194,28 +200,42 @@ func (c *ProxyCmd) Run(e *Env) error {
 	)...)
 }
 
-func (c *ProxyCmd) agentTLS(e *Env) (*tls.Config, error) {
+// agentTLS is the agent server's TLS configuration. Without certificate
+// files it is a self-signed certificate, whose fingerprint it returns.
+func (c *ProxyCmd) agentTLS(e *Env) (conf *tls.Config, selfSigned string, err error) {
 	f := c.AgentServer.TLS.File
 	if f.Cert == "" && f.Key == "" {
 		if f.ClientCA != "" {
-			return nil, errors.New("--agent-server.tls.file.client-ca needs --agent-server.tls.file.cert and --agent-server.tls.file.key")
+			return nil, "", errors.New("--agent-server.tls.file.client-ca needs --agent-server.tls.file.cert and --agent-server.tls.file.key")
 		}
 		cert, fp, err := tlsconf.SelfSigned([]string{"localhost", "127.0.0.1", "::1"})
 		if err != nil {
-			return nil, err
+			return nil, "", err
 		}
-		e.Log.Warn("no --agent-server.tls.file.cert/key: using a self-signed certificate generated in memory; agents must use --agent-client.tls.insecure-skip-verify",
-			"sha256_fingerprint", fp)
-		return &tls.Config{Certificates: []tls.Certificate{cert}}, nil
+		return &tls.Config{Certificates: []tls.Certificate{cert}}, fp, nil
 	}
-	conf, err := tlsconf.Server(tlsconf.ServerFiles{
+	conf, err = tlsconf.Server(tlsconf.ServerFiles{
 		Key: f.Key, Cert: f.Cert, ClientCA: f.ClientCA, ClientCRL: f.ClientCRL,
 	}, c.AgentServer.TLS.Refresh, e.Log)
 	if err != nil {
-		return nil, fmt.Errorf("--agent-server.tls: %w", err)
+		return nil, "", flagError("agent-server", err)
 	}
-	return conf, nil
+	return conf, "", nil
 }
+
+// flagError names the full flag in a tlsconf error, whose messages name
+// settings relative to their prefix ("tls.file.cert ...").
+func flagError(prefix string, err error) error {
+	return &prefixedError{msg: strings.ReplaceAll(err.Error(), "tls.", "--"+prefix+".tls."), err: err}
+}
+
+type prefixedError struct {
+	msg string
+	err error
+}
+
+func (e *prefixedError) Error() string { return e.msg }
+func (e *prefixedError) Unwrap() error { return e.err }
 
 // serveHTTP serves until ctx ends, then shuts down gracefully for up to 5s.
 func serveHTTP(ctx context.Context, hs *http.Server, ln net.Listener) error {

@@ -88,7 +88,7 @@ func (c *AuthJWTTokenCmd) Run(e *Env) error {
 	}
 	token, err := auth.Sign(key, auth.TokenOptions{AgentID: c.AgentID, Role: c.Role, Audience: c.Audience, Duration: c.Duration})
 	if err != nil {
-		return err
+		return fmt.Errorf("--agent-id: %w", err)
 	}
 	return auth.WriteOutput(c.Out, []byte(token), 0o600, e.Stdout)
 }

@@ -100,6 +100,14 @@ func (s *Server) Listen() error {
 	return nil
 }
 
+// Close releases the listener of a Server that will not Run.
+func (s *Server) Close() error {
+	if s.ln == nil {
+		return nil
+	}
+	return s.ln.Close()
+}
+
 // Addr is the bound UDP address; Listen must have succeeded.
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 

@@ -1,0 +1,293 @@
+package cli_test
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/reverse-http/reverse-http/internal/auth"
+	"github.com/reverse-http/reverse-http/internal/cli"
+)
+
+// TestVersion: -V prints the build as JSON, like the reference, and exits
+// 0 without running a command; `version` prints one line.
+func TestVersion(t *testing.T) {
+	isolate(t)
+	want := map[string]string{"version": cli.Version, "commit": cli.Commit, "date": cli.Date}
+	for _, args := range [][]string{{"-V"}, {"--version-json"}, {"proxy", "-V"}} {
+		r := runCmd(t, "", waitTimeout, args...)
+		if r.code != 0 {
+			t.Fatalf("%q exited with %d; stderr:\n%s", args, r.code, r.stderr)
+		}
+		var got map[string]string
+		if err := json.Unmarshal([]byte(r.stdout), &got); err != nil {
+			t.Fatalf("%q printed %q: %v", args, r.stdout, err)
+		}
+		for k, v := range want {
+			if got[k] != v {
+				t.Errorf("%q: %s=%q, want %q (all: %s)", args, k, got[k], v, r.stdout)
+			}
+		}
+		if strings.Count(r.stdout, "\n") != 1 {
+			t.Errorf("%q printed %q, want one line", args, r.stdout)
+		}
+	}
+	r := mustRun(t, "version")
+	if !strings.HasPrefix(r.stdout, "reverse-http ") || !strings.Contains(r.stdout, cli.Version) || strings.Count(r.stdout, "\n") != 1 {
+		t.Errorf("version printed %q, want one line: reverse-http %s ...", r.stdout, cli.Version)
+	}
+}
+
+// TestAuthRoundTrip: a private key from `auth key private`, its public key
+// from `auth key public` through stdin and stdout, and a token from `auth jwt
+// token` that the public key verifies, with the reference's claims.
+func TestAuthRoundTrip(t *testing.T) {
+	for _, algo := range []string{"", "ES256", "RS256"} { // "" is the default, ES256
+		name := algo
+		if name == "" {
+			name = "default"
+		}
+		t.Run(name, func(t *testing.T) {
+			dir := isolate(t)
+			priv := filepath.Join(dir, "priv.pem")
+			args := []string{"auth", "key", "private", "-o", priv}
+			if algo != "" {
+				args = append(args, "--algo", algo)
+			}
+			mustRun(t, args...)
+			st, err := os.Stat(priv)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Mode().Perm() != 0o600 {
+				t.Errorf("private key has mode %v, want 0600", st.Mode().Perm())
+			}
+			privPEM, err := os.ReadFile(priv)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Contains(privPEM, []byte("PRIVATE KEY-----")) {
+				t.Fatalf("not a private key PEM:\n%s", privPEM)
+			}
+
+			r := runCmd(t, string(privPEM), waitTimeout, "auth", "key", "public", "-i", "-", "-o", "-")
+			if r.code != 0 {
+				t.Fatalf("auth key public exited with %d; stderr:\n%s", r.code, r.stderr)
+			}
+			pub, err := auth.ParsePublicKey([]byte(r.stdout))
+			if err != nil {
+				t.Fatalf("auth key public printed %q: %v", r.stdout, err)
+			}
+
+			before := time.Now().Add(-time.Second).Unix()
+			r = mustRun(t, "auth", "jwt", "token", "--agent-id", "4711", "--role", "agent",
+				"--audience", "aud", "--duration", "1h", "-i", priv, "-o", "-")
+			token := strings.TrimSpace(r.stdout)
+			parts := strings.Split(token, ".")
+			if len(parts) != 3 {
+				t.Fatalf("not a JWT: %q", r.stdout)
+			}
+			payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+			if err != nil {
+				t.Fatalf("payload %q: %v", parts[1], err)
+			}
+			var claims map[string]any
+			if err := json.Unmarshal(payload, &claims); err != nil {
+				t.Fatalf("payload %s: %v", payload, err)
+			}
+			for k, want := range map[string]string{"agent_id": "4711", "role": "agent", "iss": "reverse-http", "sub": "4711"} {
+				if got, _ := claims[k].(string); got != want {
+					t.Errorf("%s = %v, want %q (payload %s)", k, claims[k], want, payload)
+				}
+			}
+			switch aud := claims["aud"].(type) {
+			case string:
+				if aud != "aud" {
+					t.Errorf("aud = %q, want aud", aud)
+				}
+			case []any:
+				if len(aud) != 1 || aud[0] != "aud" {
+					t.Errorf("aud = %v, want [aud]", aud)
+				}
+			default:
+				t.Errorf("aud = %v, want aud (payload %s)", claims["aud"], payload)
+			}
+			if jti, _ := claims["jti"].(string); jti == "" {
+				t.Errorf("no jti in %s", payload)
+			}
+			iat, _ := claims["iat"].(float64)
+			nbf, _ := claims["nbf"].(float64)
+			exp, _ := claims["exp"].(float64)
+			if int64(iat) < before || int64(iat) > time.Now().Unix()+1 {
+				t.Errorf("iat = %v, want about now (payload %s)", claims["iat"], payload)
+			}
+			if nbf != iat || exp != iat+3600 {
+				t.Errorf("nbf = %v, exp = %v; want nbf = iat = %v and exp = iat+1h (payload %s)", nbf, exp, iat, payload)
+			}
+
+			wantAlg := algo
+			if wantAlg == "" {
+				wantAlg = "ES256"
+			}
+			parsed, err := jwt.Parse(token, func(*jwt.Token) (any, error) { return pub, nil },
+				jwt.WithValidMethods([]string{wantAlg}), jwt.WithAudience("aud"), jwt.WithIssuer("reverse-http"))
+			if err != nil || !parsed.Valid {
+				t.Fatalf("the public key does not verify the token: %v", err)
+			}
+		})
+	}
+}
+
+// TestAuthDefaultFiles: the tools read and write the reference's default
+// files in the working directory, tokens and private keys readable only by
+// the owner, and the proxy finds the public key there.
+func TestAuthDefaultFiles(t *testing.T) {
+	dir := isolate(t)
+	mustRun(t, "auth", "key", "private")
+	mustRun(t, "auth", "key", "public")
+	mustRun(t, "auth", "jwt", "token", "--agent-id=4711")
+	for name, mode := range map[string]os.FileMode{
+		"auth-key-private.pem": 0o600,
+		"auth-key-public.pem":  0o644,
+		"jwt.b64":              0o600,
+	} {
+		st, err := os.Stat(filepath.Join(dir, name))
+		if err != nil {
+			t.Errorf("default output: %v", err)
+			continue
+		}
+		if st.Mode().Perm()&^mode != 0 {
+			t.Errorf("%s has mode %v, want at most %v", name, st.Mode().Perm(), mode)
+		}
+	}
+	pubPEM, err := os.ReadFile(filepath.Join(dir, "auth-key-public.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := auth.ParsePublicKey(pubPEM); err != nil {
+		t.Errorf("auth-key-public.pem: %v", err)
+	}
+	// A token written to a file verifies with that public key.
+	tok, err := os.ReadFile(filepath.Join(dir, "jwt.b64"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := auth.ParsePublicKey(pubPEM)
+	if _, err := auth.NewVerifier(pub, "").Verify(strings.TrimSpace(string(tok)), auth.RoleClient); err != nil {
+		t.Errorf("default token (role client) does not verify: %v", err)
+	}
+	r := start(t, proxyArgs("--auth.type=jwt")...)
+	if line := r.waitFor(proxyReady); logAttr(t, line, "auth") != "jwt" {
+		t.Errorf("want auth=jwt: %s", line)
+	}
+	if code := r.stop(); code != 0 {
+		t.Fatalf("proxy --auth.type=jwt with ./auth-key-public.pem exited %d; stderr:\n%s", code, r.stderr)
+	}
+}
+
+// TestAuthTokenRefused: a token that would be useless or dangerous is not
+// signed, and nothing is written.
+func TestAuthTokenRefused(t *testing.T) {
+	dir := isolate(t)
+	f := newFiles(t)
+	out := filepath.Join(dir, "token.jwt")
+	for _, tc := range []struct {
+		extra []string
+		want  string
+	}{
+		{[]string{"--duration", "0"}, "--duration"},
+		{[]string{"--duration=-1m"}, "--duration"},
+		{[]string{"--role", "admin"}, "--role"},
+	} {
+		args := append([]string{"auth", "jwt", "token", "--agent-id=4711", "-i", f.authPrivate, "-o", out}, tc.extra...)
+		r := runCmd(t, "", waitTimeout, args...)
+		if r.code == 0 {
+			t.Errorf("%q exited 0", args)
+		}
+		if !strings.Contains(r.stderr, tc.want) {
+			t.Errorf("%q: stderr does not name %s:\n%s", args, tc.want, r.stderr)
+		}
+		if _, err := os.Stat(out); err == nil {
+			t.Errorf("%q wrote %s", args, out)
+		}
+	}
+}
+
+// TestCerts: `certs --dir D` writes the CA, proxy and agent certificates and
+// keys; a second run keeps them and says so; --force replaces them.
+func TestCerts(t *testing.T) {
+	dir := filepath.Join(isolate(t), "pki")
+	names := []string{"ca.pem", "ca-key.pem", "proxy.pem", "proxy-key.pem", "agent.pem", "agent-key.pem"}
+
+	r := mustRun(t, "certs", "--dir", dir)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range entries {
+		got = append(got, e.Name())
+	}
+	if want := slices.Sorted(slices.Values(names)); !slices.Equal(got, want) {
+		t.Fatalf("certs wrote %v, want %v", got, want)
+	}
+	first := map[string][]byte{}
+	for _, n := range names {
+		p := filepath.Join(dir, n)
+		if !strings.Contains(r.stdout, p) {
+			t.Errorf("stdout does not mention %s:\n%s", p, r.stdout)
+		}
+		st, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasSuffix(n, "-key.pem") && st.Mode().Perm() != 0o600 {
+			t.Errorf("%s has mode %v, want 0600", n, st.Mode().Perm())
+		}
+		if first[n], err = os.ReadFile(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	r = mustRun(t, "certs", "--dir", dir)
+	if !strings.Contains(r.stdout, "kept") {
+		t.Errorf("second run printed %q, want that it kept the files", r.stdout)
+	}
+	for _, n := range names {
+		data, err := os.ReadFile(filepath.Join(dir, n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(data, first[n]) {
+			t.Errorf("second run without --force changed %s", n)
+		}
+	}
+
+	mustRun(t, "certs", "--dir", dir, "--force")
+	data, err := os.ReadFile(filepath.Join(dir, "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Equal(data, first["ca.pem"]) {
+		t.Error("--force kept the old CA")
+	}
+
+	// The files are what the proxy and agent flags want.
+	pr := start(t, proxyArgs(
+		"--agent-server.tls.file.cert="+filepath.Join(dir, "proxy.pem"),
+		"--agent-server.tls.file.key="+filepath.Join(dir, "proxy-key.pem"),
+		"--agent-server.tls.file.client-ca="+filepath.Join(dir, "ca.pem"),
+	)...)
+	pr.waitFor(proxyReady)
+	if code := pr.stop(); code != 0 {
+		t.Fatalf("proxy with the certs exited %d; stderr:\n%s", code, pr.stderr)
+	}
+}
