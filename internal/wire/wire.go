@@ -173,15 +173,42 @@ func SplitHostPort(hostport string) (host string, port int, err error) {
 	if h == "" {
 		return "", 0, fmt.Errorf("destination %q: missing host", hostport)
 	}
-	if strings.ContainsAny(h, " \t\r\n/\\@") {
-		return "", 0, fmt.Errorf("destination %q: invalid host", hostport)
+	for _, c := range []byte(h) {
+		if !validHostByte[c] {
+			return "", 0, fmt.Errorf("destination %q: invalid character %q in host", hostport, c)
+		}
 	}
 	n, err := strconv.Atoi(p)
-	if err != nil || n < 1 || n > 65535 {
+	if err != nil || n < 1 || n > 65535 || p[0] < '0' || p[0] > '9' {
 		return "", 0, fmt.Errorf("destination %q: invalid port %q", hostport, p)
 	}
 	return h, n, nil
 }
+
+// firstLine is the first non-empty line of s, trimmed; control characters
+// become spaces, since a reason ends up in logs and a client's response.
+func firstLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexAny(s, "\r\n"); i >= 0 {
+		s = strings.TrimSpace(s[:i])
+	}
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
+}
+
+// validHostByte: letters, digits and ".-_" for names, ":" for IPv6, "%"
+// for an IPv6 zone.
+var validHostByte = func() (t [256]bool) {
+	for c := range 256 {
+		t[c] = 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
+			c == '.' || c == '-' || c == '_' || c == ':' || c == '%'
+	}
+	return t
+}()
 
 func stripAddrErr(err error) error {
 	var ae *net.AddrError
@@ -224,12 +251,9 @@ func ReadResponse(br *bufio.Reader) (status int, reason string, err error) {
 		return http.StatusOK, "", nil
 	}
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxReasonLen))
-	reason = strings.TrimSpace(string(body))
-	if i := strings.IndexAny(reason, "\r\n"); i >= 0 {
-		reason = reason[:i]
-	}
+	reason = firstLine(string(body))
 	if reason == "" {
-		reason = resp.Status
+		reason = firstLine(resp.Status)
 	}
 	return resp.StatusCode, reason, nil
 }
