@@ -147,7 +147,12 @@ func (a *Agent) session(ctx context.Context) (time.Duration, error) {
 	if err != nil {
 		return 0, fmt.Errorf("connect to %s: %w", a.cfg.ServerAddr, err)
 	}
-	defer conn.CloseWithError(wire.CodeNoError, "agent shutting down")
+	var wg sync.WaitGroup
+	defer func() {
+		// Close first: tunnels end with the connection, then wait for them.
+		conn.CloseWithError(wire.CodeNoError, "agent shutting down")
+		wg.Wait()
+	}()
 	if err := a.authenticate(ctx, conn, cred); err != nil {
 		// A refusal closes the connection with an application error, which
 		// the stream read returns wrapped in err.
@@ -157,8 +162,6 @@ func (a *Agent) session(ctx context.Context) (time.Duration, error) {
 	a.cfg.Metrics.Agents(1)
 	defer a.cfg.Metrics.Agents(-1)
 	a.log.Info("connected to proxy", "server", a.cfg.ServerAddr, "remote", conn.RemoteAddr().String())
-	var wg sync.WaitGroup
-	defer wg.Wait()
 	for {
 		stream, err := conn.AcceptStream(ctx)
 		if err != nil {
