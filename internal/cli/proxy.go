@@ -194,9 +194,16 @@ func (c *ProxyCmd) Run(e *Env) error {
 	}
 	e.Log.Info("http proxy listening", "address", ln.Addr().String(), "scheme", scheme,
 		"auth", c.Auth.Type, "allowlist", allowList.String())
+	// On shutdown the HTTP side drains first (requests and tunnels get up
+	// to 5s), then the agent connections close.
+	agentCtx, stopAgents := context.WithCancel(context.WithoutCancel(e.Ctx))
+	defer stopAgents()
 	return runAll(e.Ctx, append(c.Metrics.serve(m, e),
-		srv.Run,
-		func(ctx context.Context) error { return serveHTTP(ctx, hs, ln) },
+		func(context.Context) error { return srv.Run(agentCtx) },
+		func(ctx context.Context) error {
+			defer stopAgents()
+			return serveHTTP(ctx, hs, ln, handler.Drain)
+		},
 	)...)
 }
 
@@ -237,8 +244,9 @@ type prefixedError struct {
 func (e *prefixedError) Error() string { return e.msg }
 func (e *prefixedError) Unwrap() error { return e.err }
 
-// serveHTTP serves until ctx ends, then shuts down gracefully for up to 5s.
-func serveHTTP(ctx context.Context, hs *http.Server, ln net.Listener) error {
+// serveHTTP serves until ctx ends, then shuts down gracefully: requests in
+// flight and, through drain, hijacked connections get up to 5s.
+func serveHTTP(ctx context.Context, hs *http.Server, ln net.Listener, drain func(context.Context)) error {
 	errc := make(chan error, 1)
 	go func() {
 		if hs.TLSConfig != nil {
@@ -256,6 +264,9 @@ func serveHTTP(ctx context.Context, hs *http.Server, ln net.Listener) error {
 	defer cancel()
 	if err := hs.Shutdown(sctx); err != nil {
 		hs.Close()
+	}
+	if drain != nil {
+		drain(sctx)
 	}
 	<-errc
 	return nil

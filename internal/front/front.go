@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/reverse-http/reverse-http/internal/allow"
@@ -44,6 +45,7 @@ type Handler struct {
 
 	mu         sync.Mutex
 	transports map[string]*http.Transport // per agent, for absolute-form requests
+	tunnels    atomic.Int64               // CONNECT tunnels open now
 }
 
 // New makes a Handler.
@@ -83,6 +85,26 @@ func (h *Handler) Forget(agentID string) {
 	h.mu.Unlock()
 	if t != nil {
 		t.CloseIdleConnections()
+	}
+}
+
+// Drain waits until no CONNECT tunnel is open or ctx ends, and closes the
+// idle connections of absolute-form requests. http.Server.Shutdown does
+// not wait for hijacked connections; call it after Shutdown.
+func (h *Handler) Drain(ctx context.Context) {
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for h.tunnels.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, tr := range h.transports {
+		tr.CloseIdleConnections()
 	}
 }
 
@@ -166,14 +188,18 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, agentID, target s
 	h.cfg.Metrics.Request(kind, status)
 	h.log.Info("request refused", "agent", agentID, "client", r.RemoteAddr, "method", r.Method,
 		"destination", target, "status", status, "reason", reason)
-	writeError(w, status, reason)
+	// Bytes pipelined behind a refused CONNECT are not a request, and a
+	// client that failed to authenticate or sent garbage is not kept.
+	closeConn := r.Method == http.MethodConnect || status == http.StatusProxyAuthRequired || status == http.StatusBadRequest
+	writeError(w, status, reason, closeConn)
 }
 
 // writeError answers with a status and a one-line plain-text reason.
-func writeError(w http.ResponseWriter, status int, reason string) {
+// With closeConn the client's connection is closed after it.
+func writeError(w http.ResponseWriter, status int, reason string, closeConn bool) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
-	if status == http.StatusProxyAuthRequired || status == http.StatusBadRequest {
+	if closeConn {
 		w.Header().Set("Connection", "close")
 	}
 	w.WriteHeader(status)
@@ -182,7 +208,10 @@ func writeError(w http.ResponseWriter, status int, reason string) {
 
 func (h *Handler) connect(w http.ResponseWriter, r *http.Request, agentID, target string) {
 	start := time.Now()
-	tunnel, err := h.cfg.Dialer.Dial(r.Context(), agentID, target)
+	// Not r.Context(): net/http cancels it when the client half-closes
+	// right behind its CONNECT, which is legitimate. The dial timeout
+	// bounds the wait for a client that left.
+	tunnel, err := h.cfg.Dialer.Dial(context.WithoutCancel(r.Context()), agentID, target)
 	if err != nil {
 		h.fail(w, r, agentID, target, wire.Status(err), err.Error())
 		return
@@ -196,6 +225,8 @@ func (h *Handler) connect(w http.ResponseWriter, r *http.Request, agentID, targe
 		h.fail(w, r, agentID, target, http.StatusInternalServerError, "cannot take over the connection: "+err.Error())
 		return
 	}
+	h.tunnels.Add(1)
+	defer h.tunnels.Add(-1)
 	conn.SetDeadline(time.Time{})
 	if _, err := conn.Write([]byte("HTTP/1.1 200 Connection established\r\n\r\n")); err != nil {
 		tunnel.Close()
@@ -241,7 +272,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, agentID string
 				reason = we.Reason
 			}
 			sw.reason = reason
-			writeError(w, status, reason)
+			writeError(w, status, reason, false)
 		},
 		ErrorLog: slog.NewLogLogger(h.log.Handler(), slog.LevelDebug),
 	}

@@ -216,6 +216,9 @@ func (s *Server) authenticate(ctx context.Context, conn *quic.Conn) (string, err
 		stream.CancelWrite(wire.StreamCodeAbort)
 		return "", fmt.Errorf("read credential: %w", err)
 	}
+	if cred == "" {
+		return "", errEmptyID
+	}
 	id, err := s.cfg.Auth.Agent(cred)
 	if err != nil {
 		return "", err

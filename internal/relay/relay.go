@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"syscall"
 )
 
 // Conn is one side of a relay.
@@ -196,8 +197,8 @@ func (c *TCP) Abort() {
 func (c *TCP) CloseWrite() error {
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
 		err := cw.CloseWrite()
-		if errors.Is(err, net.ErrClosed) {
-			return nil
+		if errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ENOTCONN) {
+			return nil // the peer is gone already: nothing left to end
 		}
 		return err
 	}
