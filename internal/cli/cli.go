@@ -32,6 +32,7 @@ type CLI struct {
 
 	Agent   AgentCmd   `cmd:"" name:"agent" help:"Start an agent."`
 	Proxy   ProxyCmd   `cmd:"" name:"proxy" help:"Start a proxy server."`
+	LB      LBCmd      `cmd:"" name:"lb" help:"Start a load balancer: the client front end of an HA cluster of proxies."`
 	Auth    AuthCmd    `cmd:"" name:"auth" help:"Key and token tools."`
 	Certs   CertsCmd   `cmd:"" name:"certs" help:"Write a local CA and certificates for the proxy and agents (for trying things out)."`
 	Version VersionCmd `cmd:"" name:"version" help:"Print the version."`

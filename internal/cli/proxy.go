@@ -15,8 +15,10 @@ import (
 	"github.com/reverse-http/reverse-http/internal/allow"
 	"github.com/reverse-http/reverse-http/internal/auth"
 	"github.com/reverse-http/reverse-http/internal/front"
+	"github.com/reverse-http/reverse-http/internal/lb"
 	"github.com/reverse-http/reverse-http/internal/metrics"
 	"github.com/reverse-http/reverse-http/internal/proxy"
+	"github.com/reverse-http/reverse-http/internal/route"
 	"github.com/reverse-http/reverse-http/internal/tlsconf"
 )
 
@@ -26,6 +28,47 @@ type TLSServerFiles struct {
 	Cert      string `placeholder:"FILE" help:"Server certificate (PEM)."`
 	ClientCA  string `name:"client-ca" placeholder:"FILE" help:"CA that verifies client certificates; enables mutual TLS."`
 	ClientCRL string `name:"client-crl" placeholder:"FILE" help:"CRL signed by the client CA; revoked client certificates are refused."`
+}
+
+// HTTPProxyTLS is --http-proxy.tls.* on proxy and lb.
+type HTTPProxyTLS struct {
+	Enable      bool           `help:"Serve the HTTP proxy over TLS."`
+	Refresh     time.Duration  `default:"0s" help:"Re-read the certificate files at this interval (0 = never)."`
+	File        TLSServerFiles `embed:"" prefix:"file."`
+	KeyPassword string         `name:"key-password" help:"Password of an encrypted private key."`
+}
+
+// ConnectorTLS is --http-connector.tls.*: how a node reaches the proxies'
+// HTTP ports when it forwards a tunnel.
+type ConnectorTLS struct {
+	Enable             bool          `help:"Use TLS towards the proxies' HTTP proxy ports."`
+	Refresh            time.Duration `default:"0s" help:"Re-read the client certificate files at this interval (0 = never)."`
+	InsecureSkipVerify bool          `help:"Do not verify the proxies' certificates."`
+	UseSystemPool      bool          `help:"Trust the system's roots besides --http-connector.tls.file.root-ca."`
+	File               struct {
+		Key         string `placeholder:"FILE" help:"Client private key (PEM) for mutual TLS."`
+		Cert        string `placeholder:"FILE" help:"Client certificate (PEM) for mutual TLS."`
+		RootCA      string `name:"root-ca" placeholder:"FILE" help:"CA that verifies the proxies."`
+		KeyPassword string `name:"key-password" help:"Password of an encrypted client key."`
+	} `embed:"" prefix:"file."`
+}
+
+func (c ConnectorTLS) config(e *Env) (*tls.Config, error) {
+	if !c.Enable {
+		return nil, nil
+	}
+	conf, err := tlsconf.Client(tlsconf.ClientOptions{
+		Files: tlsconf.ClientFiles{
+			Key: c.File.Key, Cert: c.File.Cert, RootCA: c.File.RootCA, KeyPassword: c.File.KeyPassword,
+		},
+		Refresh:            c.Refresh,
+		InsecureSkipVerify: c.InsecureSkipVerify,
+		UseSystemPool:      c.UseSystemPool,
+	}, e.Log)
+	if err != nil {
+		return nil, flagError("http-connector", err)
+	}
+	return conf, nil
 }
 
 // ProxyCmd is `reverse-http proxy`.
@@ -42,20 +85,19 @@ type ProxyCmd struct {
 		IdleTimeout time.Duration `default:"15s" help:"Drop an agent connection silent for this long (agents send keep-alives)."`
 	} `embed:"" prefix:"agent-server."`
 	HTTPProxy struct {
-		ListenAddress string `default:":3128" help:"TCP address of the client-facing HTTP proxy."`
-		TLS           struct {
-			Enable      bool           `help:"Serve the HTTP proxy over TLS."`
-			Refresh     time.Duration  `default:"0s" help:"Re-read the certificate files at this interval (0 = never)."`
-			File        TLSServerFiles `embed:"" prefix:"file."`
-			KeyPassword string         `name:"key-password" help:"Password of an encrypted private key."`
-		} `embed:"" prefix:"tls."`
-		HostWhitelist []string `placeholder:"PATTERNS" help:"Destinations clients may reach (comma-separated or repeated). Empty allows all."`
+		ListenAddress string       `default:":3128" help:"TCP address of the client-facing HTTP proxy."`
+		TLS           HTTPProxyTLS `embed:"" prefix:"tls."`
+		HostWhitelist []string     `placeholder:"PATTERNS" help:"Destinations clients may reach (comma-separated or repeated). Empty allows all."`
 	} `embed:"" prefix:"http-proxy." name:"http-proxy"`
+	HTTPConnector struct {
+		TLS ConnectorTLS `embed:"" prefix:"tls."`
+	} `embed:"" prefix:"http-connector."`
 	Auth    AuthVerifier  `embed:"" prefix:"auth."`
 	Metrics MetricsConfig `embed:"" prefix:"metrics."`
 	Store   struct {
 		Type             string          `enum:"none,memcached" default:"none" help:"Route store for HA. One of: [none, memcached]."`
-		HTTPProxyAddress string          `name:"http-proxy-address" help:"Address this proxy registers for its agents (default: the HTTP proxy listen address)."`
+		HTTPProxyAddress string          `name:"http-proxy-address" help:"Address this proxy registers for its agents; other nodes forward clients there (default: the HTTP proxy listen address, with this host's name if it has no host)."`
+		TTL              time.Duration   `name:"ttl" default:"15s" help:"Lease of a route: renewed every ttl/3 while the agent stays; a dead proxy's routes expire after it."`
 		Memcached        MemcachedConfig `embed:"" prefix:"memcached."`
 	} `embed:"" prefix:"store."`
 }
@@ -127,14 +169,16 @@ func (c *ProxyCmd) Run(e *Env) error {
 		"agent-server.agent.dial-timeout": c.AgentServer.Agent.DialTimeout,
 		"agent-server.idle-timeout":       c.AgentServer.IdleTimeout,
 		"http-proxy.tls.refresh":          c.HTTPProxy.TLS.Refresh,
+		"http-connector.tls.refresh":      c.HTTPConnector.TLS.Refresh,
 		"store.memcached.timeout":         c.Store.Memcached.Timeout,
+		"store.ttl":                       c.Store.TTL,
 	} {
 		if err := checkDuration(flag, d); err != nil {
 			return err
 		}
 	}
-	if c.Store.Type == "memcached" {
-		return errors.New("--store.type=memcached: not supported by this build yet; use --store.type=none")
+	if c.Store.Type == "memcached" && c.Store.TTL < 3*time.Second {
+		return fmt.Errorf("--store.ttl: must be at least 3s (routes are renewed every ttl/3), got %s", c.Store.TTL)
 	}
 	authn, err := c.Auth.authenticator()
 	if err != nil {
@@ -148,19 +192,20 @@ func (c *ProxyCmd) Run(e *Env) error {
 	if err != nil {
 		return err
 	}
-	var proxyTLS *tls.Config
-	if c.HTTPProxy.TLS.Enable {
-		f := c.HTTPProxy.TLS.File
-		proxyTLS, err = tlsconf.Server(tlsconf.ServerFiles{
-			Key: f.Key, Cert: f.Cert, ClientCA: f.ClientCA, ClientCRL: f.ClientCRL, KeyPassword: c.HTTPProxy.TLS.KeyPassword,
-		}, c.HTTPProxy.TLS.Refresh, e.Log)
-		if err != nil {
-			return flagError("http-proxy", err)
-		}
+	proxyTLS, err := c.HTTPProxy.TLS.config(e)
+	if err != nil {
+		return err
+	}
+	connectorTLS, err := c.HTTPConnector.TLS.config(e)
+	if err != nil {
+		return err
 	}
 
 	m := metrics.New()
-	var handler *front.Handler
+	var (
+		handler *front.Handler
+		routes  *proxy.Routes
+	)
 	srv := proxy.New(proxy.Config{
 		Metrics:     m,
 		ListenAddr:  c.AgentServer.ListenAddress,
@@ -172,9 +217,11 @@ func (c *ProxyCmd) Run(e *Env) error {
 			if !up {
 				handler.Forget(id)
 			}
+			if routes != nil {
+				routes.Notify(id, up)
+			}
 		},
 	}, e.Log.With("component", "agent-server"))
-	handler = front.New(front.Config{Auth: authn, Allow: allowList, Dialer: srv, Metrics: m}, e.Log.With("component", "http-proxy"))
 	if err := srv.Listen(); err != nil {
 		return fmt.Errorf("--agent-server.listen-address: %w", errors.Unwrap(err))
 	}
@@ -183,28 +230,98 @@ func (c *ProxyCmd) Run(e *Env) error {
 		srv.Close()
 		return fmt.Errorf("--http-proxy.listen-address: %w", err)
 	}
+
+	var dialer front.Dialer = srv
+	if c.Store.Type == "memcached" {
+		self, err := c.selfAddress(ln.Addr())
+		if err != nil {
+			srv.Close()
+			ln.Close()
+			return err
+		}
+		store := route.NewMemcached(c.Store.Memcached.Address, c.Store.Memcached.Timeout)
+		routes = proxy.NewRoutes(store, self, c.Store.TTL, srv, e.Log.With("component", "routes"))
+		dialer = &lb.Cluster{Local: srv, Forward: &lb.Forwarder{
+			Store: store, Self: self, TLS: connectorTLS,
+			DialTimeout: c.AgentServer.Agent.DialTimeout + 5*time.Second,
+			Log:         e.Log.With("component", "forwarder"),
+		}}
+		e.Log.Info("route store", "type", "memcached", "address", c.Store.Memcached.Address, "route", self, "ttl", c.Store.TTL.String())
+	}
+	handler = front.New(front.Config{Auth: authn, Allow: allowList, Dialer: dialer, Metrics: m}, e.Log.With("component", "http-proxy"))
 	if selfSigned != "" {
 		e.Log.Warn("no --agent-server.tls.file.cert/key: using a self-signed certificate generated in memory; agents must use --agent-client.tls.insecure-skip-verify",
 			"sha256_fingerprint", selfSigned)
 	}
 	hs := front.NewServer(c.HTTPProxy.ListenAddress, handler, proxyTLS, e.Log)
-	scheme := "http"
-	if proxyTLS != nil {
-		scheme = "https"
-	}
-	e.Log.Info("http proxy listening", "address", ln.Addr().String(), "scheme", scheme,
-		"auth", c.Auth.Type, "allowlist", allowList.String())
+	logListening(e, ln, proxyTLS, c.Auth.Type, allowList)
+
 	// On shutdown the HTTP side drains first (requests and tunnels get up
-	// to 5s), then the agent connections close.
+	// to 5s), then the agent connections close, then the routes go.
 	agentCtx, stopAgents := context.WithCancel(context.WithoutCancel(e.Ctx))
 	defer stopAgents()
-	return runAll(e.Ctx, append(c.Metrics.serve(m, e),
-		func(context.Context) error { return srv.Run(agentCtx) },
+	routesCtx, stopRoutes := context.WithCancel(context.WithoutCancel(e.Ctx))
+	defer stopRoutes()
+	fns := append(c.Metrics.serve(m, e),
+		func(context.Context) error {
+			defer stopRoutes()
+			return srv.Run(agentCtx)
+		},
 		func(ctx context.Context) error {
 			defer stopAgents()
 			return serveHTTP(ctx, hs, ln, handler.Drain)
 		},
-	)...)
+	)
+	if routes != nil {
+		fns = append(fns, func(context.Context) error { return routes.Run(routesCtx) })
+	}
+	return runAll(e.Ctx, fns...)
+}
+
+// selfAddress is the address this proxy registers for its agents.
+func (c *ProxyCmd) selfAddress(bound net.Addr) (string, error) {
+	if a := c.Store.HTTPProxyAddress; a != "" {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return "", fmt.Errorf("--store.http-proxy-address: %w", err)
+		}
+		return a, nil
+	}
+	host, port, err := net.SplitHostPort(c.HTTPProxy.ListenAddress)
+	if err != nil {
+		return "", fmt.Errorf("--http-proxy.listen-address: %w", err)
+	}
+	if port == "0" {
+		_, port, _ = net.SplitHostPort(bound.String())
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		if host, err = os.Hostname(); err != nil {
+			return "", fmt.Errorf("--store.http-proxy-address: not set, and no host name: %w", err)
+		}
+	}
+	return net.JoinHostPort(host, port), nil
+}
+
+func (t HTTPProxyTLS) config(e *Env) (*tls.Config, error) {
+	if !t.Enable {
+		return nil, nil
+	}
+	f := t.File
+	conf, err := tlsconf.Server(tlsconf.ServerFiles{
+		Key: f.Key, Cert: f.Cert, ClientCA: f.ClientCA, ClientCRL: f.ClientCRL, KeyPassword: t.KeyPassword,
+	}, t.Refresh, e.Log)
+	if err != nil {
+		return nil, flagError("http-proxy", err)
+	}
+	return conf, nil
+}
+
+func logListening(e *Env, ln net.Listener, tlsConf *tls.Config, authType string, allowList *allow.List) {
+	scheme := "http"
+	if tlsConf != nil {
+		scheme = "https"
+	}
+	e.Log.Info("http proxy listening", "address", ln.Addr().String(), "scheme", scheme,
+		"auth", authType, "allowlist", allowList.String())
 }
 
 // agentTLS is the agent server's TLS configuration. Without certificate

@@ -23,6 +23,31 @@ import (
 	"github.com/reverse-http/reverse-http/internal/wire"
 )
 
+// ForwardedHeader marks a request forwarded by another reverse-http node
+// (an lb, or a proxy that does not hold the agent). A node that receives it
+// serves only agents connected to itself: forwarding takes one hop at most.
+const ForwardedHeader = "Reverse-Http-Forwarded"
+
+type clientKey struct{}
+
+type client struct {
+	proxyAuth string
+	forwarded bool
+}
+
+// ProxyAuthorization returns the Proxy-Authorization header of the client
+// whose request ctx belongs to, so a tunnel can be forwarded on its behalf.
+func ProxyAuthorization(ctx context.Context) string {
+	c, _ := ctx.Value(clientKey{}).(client)
+	return c.proxyAuth
+}
+
+// Forwarded reports whether ctx's request was forwarded by another node.
+func Forwarded(ctx context.Context) bool {
+	c, _ := ctx.Value(clientKey{}).(client)
+	return c.forwarded
+}
+
 // Dialer opens a tunnel to hostport through an agent. Errors should wrap a
 // wire error kind (wire.ErrAgentOffline, ...) so they map to a status.
 type Dialer interface {
@@ -122,6 +147,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, agentID, target, http.StatusProxyAuthRequired, err.Error())
 		return
 	}
+	r = r.WithContext(context.WithValue(r.Context(), clientKey{}, client{
+		proxyAuth: r.Header.Get("Proxy-Authorization"),
+		forwarded: r.Header.Get(ForwardedHeader) != "",
+	}))
 	host, port, _ := wire.SplitHostPort(target)
 	if !h.cfg.Allow.Allowed(host, port) {
 		h.fail(w, r, agentID, target, http.StatusForbidden, "destination "+target+" is not allowed by the proxy's allowlist")
@@ -258,6 +287,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, agentID string
 			pr.Out.URL = pr.In.URL
 			pr.Out.Host = pr.In.Host
 			pr.Out.RequestURI = ""
+			pr.Out.Header.Del(ForwardedHeader)
 		},
 		Transport:     h.transport(agentID),
 		FlushInterval: -1,

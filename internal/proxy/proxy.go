@@ -233,6 +233,27 @@ func (s *Server) authenticate(ctx context.Context, conn *quic.Conn) (string, err
 	return id, nil
 }
 
+// AgentIDs returns the IDs of the connected agents.
+func (s *Server) AgentIDs() []string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	ids := make([]string, 0, len(s.agents))
+	for id := range s.agents {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// Drop closes agentID's connection with an application error.
+func (s *Server) Drop(agentID string, code quic.ApplicationErrorCode, reason string) {
+	s.mu.RLock()
+	sess := s.agents[agentID]
+	s.mu.RUnlock()
+	if sess != nil {
+		sess.conn.CloseWithError(code, reason)
+	}
+}
+
 // Agents returns the number of connected agents.
 func (s *Server) Agents() int {
 	s.mu.RLock()

@@ -1,0 +1,82 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/reverse-http/reverse-http/internal/front"
+	"github.com/reverse-http/reverse-http/internal/lb"
+	"github.com/reverse-http/reverse-http/internal/metrics"
+	"github.com/reverse-http/reverse-http/internal/route"
+)
+
+// LBCmd is `reverse-http lb`: the client front end of an HA cluster. It
+// authenticates clients like a proxy and forwards each tunnel to the proxy
+// that holds the agent, as memcached says.
+type LBCmd struct {
+	HTTPProxy struct {
+		ListenAddress string       `default:":3129" help:"TCP address of the client-facing HTTP proxy."`
+		TLS           HTTPProxyTLS `embed:"" prefix:"tls."`
+		HostWhitelist []string     `placeholder:"PATTERNS" help:"Destinations clients may reach (comma-separated or repeated). Empty allows all."`
+	} `embed:"" prefix:"http-proxy." name:"http-proxy"`
+	HTTPConnector struct {
+		TLS         ConnectorTLS  `embed:"" prefix:"tls."`
+		DialTimeout time.Duration `default:"15s" help:"How long forwarding a tunnel to a proxy may take, including that proxy's tunnel to the agent."`
+	} `embed:"" prefix:"http-connector."`
+	Auth    AuthVerifier  `embed:"" prefix:"auth."`
+	Metrics MetricsConfig `embed:"" prefix:"metrics."`
+	Store   struct {
+		Type      string          `enum:"memcached" default:"memcached" help:"Route store. One of: [memcached]."`
+		Memcached MemcachedConfig `embed:"" prefix:"memcached."`
+	} `embed:"" prefix:"store."`
+}
+
+// Run starts the lb and blocks until the context ends.
+func (c *LBCmd) Run(e *Env) error {
+	for flag, d := range map[string]time.Duration{
+		"http-proxy.tls.refresh":      c.HTTPProxy.TLS.Refresh,
+		"http-connector.tls.refresh":  c.HTTPConnector.TLS.Refresh,
+		"http-connector.dial-timeout": c.HTTPConnector.DialTimeout,
+		"store.memcached.timeout":     c.Store.Memcached.Timeout,
+	} {
+		if err := checkDuration(flag, d); err != nil {
+			return err
+		}
+	}
+	authn, err := c.Auth.authenticator()
+	if err != nil {
+		return err
+	}
+	allowList, err := parseAllow("http-proxy.host-whitelist", c.HTTPProxy.HostWhitelist)
+	if err != nil {
+		return err
+	}
+	proxyTLS, err := c.HTTPProxy.TLS.config(e)
+	if err != nil {
+		return err
+	}
+	connectorTLS, err := c.HTTPConnector.TLS.config(e)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", c.HTTPProxy.ListenAddress)
+	if err != nil {
+		return fmt.Errorf("--http-proxy.listen-address: %w", err)
+	}
+	m := metrics.New()
+	fwd := &lb.Forwarder{
+		Store:       route.NewMemcached(c.Store.Memcached.Address, c.Store.Memcached.Timeout),
+		TLS:         connectorTLS,
+		DialTimeout: c.HTTPConnector.DialTimeout,
+		Log:         e.Log.With("component", "forwarder"),
+	}
+	handler := front.New(front.Config{Auth: authn, Allow: allowList, Dialer: fwd, Metrics: m}, e.Log.With("component", "http-proxy"))
+	hs := front.NewServer(c.HTTPProxy.ListenAddress, handler, proxyTLS, e.Log)
+	e.Log.Info("route store", "type", "memcached", "address", c.Store.Memcached.Address)
+	logListening(e, ln, proxyTLS, c.Auth.Type, allowList)
+	return runAll(e.Ctx, append(c.Metrics.serve(m, e),
+		func(ctx context.Context) error { return serveHTTP(ctx, hs, ln, handler.Drain) },
+	)...)
+}
