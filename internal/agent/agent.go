@@ -39,9 +39,9 @@ type Config struct {
 	Allow *allow.List
 	// DialTimeout bounds resolving and dialing a destination. Default 10s.
 	DialTimeout time.Duration
-	// KeepAlive is the QUIC keep-alive period. Default 5s.
+	// KeepAlive is the QUIC keep-alive period. Default 2s.
 	KeepAlive time.Duration
-	// IdleTimeout declares the proxy dead after this much silence. Default 15s.
+	// IdleTimeout declares the proxy dead after this much silence. Default 6s.
 	IdleTimeout time.Duration
 	// MaxStreams is how many tunnels the proxy may hold open at once. Default 100000.
 	MaxStreams int64
@@ -63,8 +63,8 @@ func (c *Config) setDefaults() {
 		}
 	}
 	def(&c.DialTimeout, 10*time.Second)
-	def(&c.KeepAlive, 5*time.Second)
-	def(&c.IdleTimeout, 15*time.Second)
+	def(&c.KeepAlive, 2*time.Second)
+	def(&c.IdleTimeout, 6*time.Second)
 	def(&c.ReplacedWait, 30*time.Second)
 	def(&c.BackoffMax, 30*time.Second)
 	if c.MaxStreams <= 0 {

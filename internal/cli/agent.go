@@ -27,8 +27,8 @@ type AgentCmd struct {
 			} `embed:"" prefix:"file."`
 		} `embed:"" prefix:"tls."`
 		DialTimeout  time.Duration `default:"10s" help:"How long resolving and dialing a destination may take."`
-		KeepAlive    time.Duration `default:"5s" help:"QUIC keep-alive period."`
-		IdleTimeout  time.Duration `default:"15s" help:"Consider the proxy gone after this much silence, and reconnect."`
+		KeepAlive    time.Duration `default:"2s" help:"QUIC keep-alive period."`
+		IdleTimeout  time.Duration `default:"6s" help:"Consider the proxy gone after this much silence, and reconnect (bounds failover after a proxy dies)."`
 		MaxStreams   int64         `default:"100000" help:"How many tunnels the proxy may hold open through this agent at once."`
 		ReplacedWait time.Duration `default:"30s" help:"After another agent with the same ID replaced this one, wait this long before reconnecting."`
 		BackoffMax   time.Duration `default:"30s" help:"Cap of the exponential reconnect backoff."`

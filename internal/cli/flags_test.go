@@ -252,17 +252,34 @@ func TestProxyFlagsTakeEffect(t *testing.T) {
 	}
 }
 
-// TestStoreMemcachedRefused: this build does not have the memcached route
-// store yet and must say so, naming the flag, instead of silently running
-// without it.
-func TestStoreMemcachedRefused(t *testing.T) {
+// TestStoreMemcachedSettings: with --store.type=memcached the proxy starts
+// (memcached being down is not fatal: it serves its own agents) and
+// registers the address it was told, or its listen address.
+func TestStoreMemcachedSettings(t *testing.T) {
 	isolate(t)
-	r := runCmd(t, "", 5*time.Second, proxyArgs("--store.type=memcached", "--store.memcached.address=127.0.0.1:11211")...)
-	if r.code == 0 {
-		t.Fatalf("--store.type=memcached exited 0; stderr:\n%s", r.stderr)
+	for _, tc := range []struct {
+		args []string
+		want string // route= in the log; "" means the listen port on this host
+	}{
+		{[]string{"--store.http-proxy-address=proxy-1.example:3128"}, "proxy-1.example:3128"},
+		{nil, ""},
+	} {
+		r := start(t, proxyArgs(append([]string{"--store.type=memcached", "--store.memcached.address=127.0.0.1:1", "--store.ttl=9s"}, tc.args...)...)...)
+		line := r.waitFor(`msg="route store"`)
+		if code := r.stop(); code != 0 {
+			t.Fatalf("exit %d; stderr:\n%s", code, r.stderr)
+		}
+		got := logAttr(t, line, "route")
+		if tc.want != "" && got != tc.want || tc.want == "" && !strings.Contains(got, ":") {
+			t.Errorf("route=%q, want %q in %s", got, tc.want, line)
+		}
+		if ttl := logAttr(t, line, "ttl"); ttl != "9s" {
+			t.Errorf("ttl=%q, want 9s", ttl)
+		}
 	}
-	if !strings.Contains(r.stderr, "--store.type") {
-		t.Errorf("stderr does not name --store.type:\n%s", r.stderr)
+	r := runCmd(t, "", 5*time.Second, proxyArgs("--store.type=memcached", "--store.ttl=1s")...)
+	if r.code == 0 || !strings.Contains(r.stderr, "--store.ttl") {
+		t.Errorf("--store.ttl=1s: exit %d, stderr %q; want a refusal naming --store.ttl", r.code, r.stderr)
 	}
 }
 

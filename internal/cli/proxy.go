@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -11,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/quic-go/quic-go"
 
 	"github.com/reverse-http/reverse-http/internal/allow"
 	"github.com/reverse-http/reverse-http/internal/auth"
@@ -82,7 +85,8 @@ type ProxyCmd struct {
 		Agent struct {
 			DialTimeout time.Duration `default:"10s" help:"How long opening a tunnel through an agent may take, including the agent's dial of the destination."`
 		} `embed:"" prefix:"agent."`
-		IdleTimeout time.Duration `default:"15s" help:"Drop an agent connection silent for this long (agents send keep-alives)."`
+		IdleTimeout       time.Duration `default:"15s" help:"Drop an agent connection silent for this long (agents send keep-alives)."`
+		StatelessResetKey string        `name:"stateless-reset-key" placeholder:"FILE" help:"File whose contents key QUIC stateless resets; proxies sharing it reset each other's dead connections, so agents fail over at once (default: derived from --agent-server.tls.file.key)."`
 	} `embed:"" prefix:"agent-server."`
 	HTTPProxy struct {
 		ListenAddress string       `default:":3128" help:"TCP address of the client-facing HTTP proxy."`
@@ -201,18 +205,23 @@ func (c *ProxyCmd) Run(e *Env) error {
 		return err
 	}
 
+	resetKey, err := c.resetKey()
+	if err != nil {
+		return err
+	}
 	m := metrics.New()
 	var (
 		handler *front.Handler
 		routes  *proxy.Routes
 	)
 	srv := proxy.New(proxy.Config{
-		Metrics:     m,
-		ListenAddr:  c.AgentServer.ListenAddress,
-		TLS:         agentTLS,
-		Auth:        authn,
-		DialTimeout: c.AgentServer.Agent.DialTimeout,
-		IdleTimeout: c.AgentServer.IdleTimeout,
+		Metrics:           m,
+		ListenAddr:        c.AgentServer.ListenAddress,
+		TLS:               agentTLS,
+		Auth:              authn,
+		DialTimeout:       c.AgentServer.Agent.DialTimeout,
+		IdleTimeout:       c.AgentServer.IdleTimeout,
+		StatelessResetKey: resetKey,
 		OnAgent: func(id string, up bool) {
 			if !up {
 				handler.Forget(id)
@@ -276,6 +285,28 @@ func (c *ProxyCmd) Run(e *Env) error {
 		fns = append(fns, func(context.Context) error { return routes.Run(routesCtx) })
 	}
 	return runAll(e.Ctx, fns...)
+}
+
+// resetKey derives the QUIC stateless reset key from the key file given,
+// or from the TLS key, so proxies that share a certificate share it too.
+// Without either, stateless resets are off.
+func (c *ProxyCmd) resetKey() (*quic.StatelessResetKey, error) {
+	flag, path := "agent-server.stateless-reset-key", c.AgentServer.StatelessResetKey
+	if path == "" {
+		flag, path = "agent-server.tls.file.key", c.AgentServer.TLS.File.Key
+	}
+	if path == "" {
+		return nil, nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--%s: %w", flag, err)
+	}
+	if len(data) < 16 {
+		return nil, fmt.Errorf("--%s %q: want at least 16 bytes of secret, got %d", flag, path, len(data))
+	}
+	key := quic.StatelessResetKey(sha256.Sum256(append([]byte("reverse-http stateless reset key\x00"), data...)))
+	return &key, nil
 }
 
 // selfAddress is the address this proxy registers for its agents.

@@ -38,6 +38,11 @@ type Config struct {
 	// IdleTimeout closes an agent connection that was silent this long.
 	// Zero means 30s. The agent's own setting applies when it is shorter.
 	IdleTimeout time.Duration
+	// StatelessResetKey, if not nil, lets this proxy reset connections it
+	// does not know (a restarted or failed-over proxy sharing the key makes
+	// agents of a dead one reconnect at once instead of after their idle
+	// timeout). Nil disables stateless resets.
+	StatelessResetKey *quic.StatelessResetKey
 	// OnAgent, if set, is called after an agent connected (up) and after
 	// its connection ended (!up). It must not block.
 	OnAgent func(agentID string, up bool)
@@ -50,6 +55,7 @@ type Server struct {
 	cfg    Config
 	log    *slog.Logger
 	ln     *quic.Listener
+	tr     *quic.Transport
 	mu     sync.RWMutex
 	agents map[string]*session
 	wg     sync.WaitGroup
@@ -92,11 +98,21 @@ func (s *Server) Listen() error {
 	if tlsConf.MinVersion < tls.VersionTLS13 {
 		tlsConf.MinVersion = tls.VersionTLS13
 	}
-	ln, err := quic.ListenAddr(s.cfg.ListenAddr, tlsConf, s.quicConfig())
+	udpAddr, err := net.ResolveUDPAddr("udp", s.cfg.ListenAddr)
 	if err != nil {
 		return fmt.Errorf("agent server: listen on %s: %w", s.cfg.ListenAddr, err)
 	}
-	s.ln = ln
+	udp, err := net.ListenUDP("udp", udpAddr)
+	if err != nil {
+		return fmt.Errorf("agent server: listen on %s: %w", s.cfg.ListenAddr, err)
+	}
+	tr := &quic.Transport{Conn: udp, StatelessResetKey: s.cfg.StatelessResetKey}
+	ln, err := tr.Listen(tlsConf, s.quicConfig())
+	if err != nil {
+		udp.Close()
+		return fmt.Errorf("agent server: listen on %s: %w", s.cfg.ListenAddr, err)
+	}
+	s.ln, s.tr = ln, tr
 	return nil
 }
 
@@ -105,7 +121,8 @@ func (s *Server) Close() error {
 	if s.ln == nil {
 		return nil
 	}
-	return s.ln.Close()
+	s.ln.Close()
+	return s.tr.Close()
 }
 
 // Addr is the bound UDP address; Listen must have succeeded.
@@ -142,6 +159,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
+	s.tr.Close()
 	if ctx.Err() != nil {
 		return nil
 	}

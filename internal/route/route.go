@@ -15,6 +15,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net"
+	"strconv"
 	"strings"
 	"time"
 
@@ -80,7 +82,30 @@ func (m *Memcached) Lookup(agentID string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("memcached: %w", err)
 	}
-	return string(it.Value), nil
+	return ParseAddr(it.Value)
+}
+
+// ParseAddr validates a route's value: a host:port to dial, nothing else.
+func ParseAddr(value []byte) (string, error) {
+	addr := string(value)
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", fmt.Errorf("malformed route %q: %w", truncate(addr, 64), err)
+	}
+	if host == "" || strings.ContainsFunc(host, func(r rune) bool { return r <= ' ' || r == '/' || r == '@' || r >= 0x7f }) {
+		return "", fmt.Errorf("malformed route %q: bad host", truncate(addr, 64))
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || port[0] == '+' {
+		return "", fmt.Errorf("malformed route %q: bad port", truncate(addr, 64))
+	}
+	return addr, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
 }
 
 func (m *Memcached) Claim(agentID, addr string, ttl time.Duration) error {
