@@ -39,6 +39,11 @@ type Config struct {
 	Allow *allow.List
 	// DialTimeout bounds resolving and dialing a destination. Default 10s.
 	DialTimeout time.Duration
+	// HandshakeTimeout bounds connecting and authenticating to the proxy.
+	// Default 3s: a connection attempt that lands on a dead proxy (say, a
+	// load balancer's stale session) is given up quickly and retried from
+	// a new UDP port.
+	HandshakeTimeout time.Duration
 	// KeepAlive is the QUIC keep-alive period. Default 2s.
 	KeepAlive time.Duration
 	// IdleTimeout declares the proxy dead after this much silence. Default 6s.
@@ -63,6 +68,7 @@ func (c *Config) setDefaults() {
 		}
 	}
 	def(&c.DialTimeout, 10*time.Second)
+	def(&c.HandshakeTimeout, 3*time.Second)
 	def(&c.KeepAlive, 2*time.Second)
 	def(&c.IdleTimeout, 6*time.Second)
 	def(&c.ReplacedWait, 30*time.Second)
@@ -135,11 +141,11 @@ func (a *Agent) session(ctx context.Context) (time.Duration, error) {
 	tlsConf := a.cfg.TLS.Clone()
 	tlsConf.NextProtos = []string{wire.ALPN}
 	tlsConf.MinVersion = tls.VersionTLS13
-	dialCtx, cancel := context.WithTimeout(ctx, a.cfg.DialTimeout)
+	dialCtx, cancel := context.WithTimeout(ctx, a.cfg.HandshakeTimeout)
 	conn, err := quic.DialAddr(dialCtx, a.cfg.ServerAddr, tlsConf, &quic.Config{
 		KeepAlivePeriod:       a.cfg.KeepAlive,
 		MaxIdleTimeout:        a.cfg.IdleTimeout,
-		HandshakeIdleTimeout:  a.cfg.DialTimeout,
+		HandshakeIdleTimeout:  a.cfg.HandshakeTimeout,
 		MaxIncomingStreams:    a.cfg.MaxStreams,
 		MaxIncomingUniStreams: -1,
 	})
@@ -179,7 +185,7 @@ func (a *Agent) session(ctx context.Context) (time.Duration, error) {
 }
 
 func (a *Agent) authenticate(ctx context.Context, conn *quic.Conn, cred string) error {
-	ctx, cancel := context.WithTimeout(ctx, a.cfg.DialTimeout)
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.HandshakeTimeout)
 	defer cancel()
 	stream, err := conn.OpenStreamSync(ctx)
 	if err != nil {

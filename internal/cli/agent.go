@@ -26,12 +26,13 @@ type AgentCmd struct {
 				RootCA string `name:"root-ca" placeholder:"FILE" help:"CA that verifies the proxy (default: the system's roots)."`
 			} `embed:"" prefix:"file."`
 		} `embed:"" prefix:"tls."`
-		DialTimeout  time.Duration `default:"10s" help:"How long resolving and dialing a destination may take."`
-		KeepAlive    time.Duration `default:"2s" help:"QUIC keep-alive period."`
-		IdleTimeout  time.Duration `default:"6s" help:"Consider the proxy gone after this much silence, and reconnect (bounds failover after a proxy dies)."`
-		MaxStreams   int64         `default:"100000" help:"How many tunnels the proxy may hold open through this agent at once."`
-		ReplacedWait time.Duration `default:"30s" help:"After another agent with the same ID replaced this one, wait this long before reconnecting."`
-		BackoffMax   time.Duration `default:"30s" help:"Cap of the exponential reconnect backoff."`
+		DialTimeout      time.Duration `default:"10s" help:"How long resolving and dialing a destination may take."`
+		HandshakeTimeout time.Duration `default:"3s" help:"How long connecting and authenticating to the proxy may take before the agent retries."`
+		KeepAlive        time.Duration `default:"2s" help:"QUIC keep-alive period."`
+		IdleTimeout      time.Duration `default:"6s" help:"Consider the proxy gone after this much silence, and reconnect (bounds failover after a proxy dies)."`
+		MaxStreams       int64         `default:"100000" help:"How many tunnels the proxy may hold open through this agent at once."`
+		ReplacedWait     time.Duration `default:"30s" help:"After another agent with the same ID replaced this one, wait this long before reconnecting."`
+		BackoffMax       time.Duration `default:"30s" help:"Cap of the exponential reconnect backoff."`
 	} `embed:"" prefix:"agent-client."`
 	Metrics MetricsConfig `embed:"" prefix:"metrics."`
 	Auth    struct {
@@ -105,17 +106,18 @@ func (c *AgentCmd) Run(e *Env) error {
 	e.Log.Info("agent starting", "server", ac.ServerAddress, "auth", c.Auth.Type, "allowlist", allowList.String())
 	m := metrics.New()
 	a := agent.New(agent.Config{
-		Metrics:      m,
-		ServerAddr:   ac.ServerAddress,
-		TLS:          tlsConf,
-		Credential:   credential,
-		Allow:        allowList,
-		DialTimeout:  ac.DialTimeout,
-		KeepAlive:    ac.KeepAlive,
-		IdleTimeout:  ac.IdleTimeout,
-		MaxStreams:   ac.MaxStreams,
-		ReplacedWait: ac.ReplacedWait,
-		BackoffMax:   ac.BackoffMax,
+		Metrics:          m,
+		ServerAddr:       ac.ServerAddress,
+		TLS:              tlsConf,
+		Credential:       credential,
+		Allow:            allowList,
+		DialTimeout:      ac.DialTimeout,
+		HandshakeTimeout: ac.HandshakeTimeout,
+		KeepAlive:        ac.KeepAlive,
+		IdleTimeout:      ac.IdleTimeout,
+		MaxStreams:       ac.MaxStreams,
+		ReplacedWait:     ac.ReplacedWait,
+		BackoffMax:       ac.BackoffMax,
 	}, e.Log)
 	return runAll(e.Ctx, append(c.Metrics.serve(m, e), a.Run)...)
 }

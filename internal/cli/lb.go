@@ -68,6 +68,7 @@ func (c *LBCmd) Run(e *Env) error {
 	m := metrics.New()
 	fwd := &lb.Forwarder{
 		Store:       route.NewMemcached(c.Store.Memcached.Address, c.Store.Memcached.Timeout),
+		Self:        []string{c.HTTPProxy.ListenAddress, ln.Addr().String()},
 		TLS:         connectorTLS,
 		DialTimeout: c.HTTPConnector.DialTimeout,
 		Log:         e.Log.With("component", "forwarder"),

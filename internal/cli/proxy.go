@@ -251,7 +251,7 @@ func (c *ProxyCmd) Run(e *Env) error {
 		store := route.NewMemcached(c.Store.Memcached.Address, c.Store.Memcached.Timeout)
 		routes = proxy.NewRoutes(store, self, c.Store.TTL, srv, e.Log.With("component", "routes"))
 		dialer = &lb.Cluster{Local: srv, Forward: &lb.Forwarder{
-			Store: store, Self: self, TLS: connectorTLS,
+			Store: store, Self: []string{self, ln.Addr().String()}, TLS: connectorTLS,
 			DialTimeout: c.AgentServer.Agent.DialTimeout + 5*time.Second,
 			Log:         e.Log.With("component", "forwarder"),
 		}}
@@ -265,9 +265,15 @@ func (c *ProxyCmd) Run(e *Env) error {
 	hs := front.NewServer(c.HTTPProxy.ListenAddress, handler, proxyTLS, e.Log)
 	logListening(e, ln, proxyTLS, c.Auth.Type, allowList)
 
-	// On shutdown the HTTP side drains first (requests and tunnels get up
-	// to 5s), then the agent connections close, then the routes go.
+	// On shutdown a standalone proxy drains HTTP first (requests and
+	// tunnels get up to 5s), then closes the agent connections: its agents
+	// have nowhere else to go. In a cluster the agents are closed at once,
+	// so they reconnect to another proxy while this one drains, and the
+	// routes go when they have.
 	agentCtx, stopAgents := context.WithCancel(context.WithoutCancel(e.Ctx))
+	if routes != nil {
+		agentCtx, stopAgents = context.WithCancel(e.Ctx)
+	}
 	defer stopAgents()
 	routesCtx, stopRoutes := context.WithCancel(context.WithoutCancel(e.Ctx))
 	defer stopRoutes()

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/reverse-http/reverse-http/internal/front"
@@ -24,9 +25,9 @@ import (
 // it a CONNECT with the client's own credentials.
 type Forwarder struct {
 	Store route.Store
-	// Self is this node's own proxy address; a route naming it is not
-	// forwarded. Empty on an lb.
-	Self string
+	// Self are this node's own addresses; a route naming one is not
+	// forwarded (the agent is not here, or the route is wrong).
+	Self []string
 	// TLS, if not nil, is used to reach the proxies' HTTP ports.
 	TLS *tls.Config
 	// DialTimeout bounds the whole exchange with the owning proxy,
@@ -45,6 +46,11 @@ func (e *unreachableError) Unwrap() error { return e.err }
 // cannot be reached, it reads the route once more (the agent may have moved)
 // before it gives up with 503.
 func (f *Forwarder) Dial(ctx context.Context, agentID, hostport string) (net.Conn, error) {
+	if front.Forwarded(ctx) {
+		// Forwarded to us by another node, so its route named us: we hold
+		// no agents, and forwarding again could loop.
+		return nil, wire.Errorf(wire.ErrAgentOffline, "agent "+agentID+" is not connected here (request forwarded to an lb)")
+	}
 	addr, err := f.lookup(agentID)
 	if err != nil {
 		return nil, err
@@ -73,8 +79,9 @@ func (f *Forwarder) lookup(agentID string) (string, error) {
 		return "", wire.Errorf(wire.ErrAgentOffline, "agent "+agentID+" is not connected")
 	case err != nil:
 		return "", wire.Errorf(wire.ErrAgentOffline, "route store unavailable: "+err.Error())
-	case addr == f.Self:
-		// Our own route, but the agent is not here: it left moments ago.
+	case slices.Contains(f.Self, addr):
+		// A route to ourselves, but the agent is not here: it left
+		// moments ago (or the route points at an lb).
 		return "", wire.Errorf(wire.ErrAgentOffline, "agent "+agentID+" is not connected")
 	}
 	return addr, nil
