@@ -45,19 +45,7 @@ func (c *LBCmd) Run(e *Env) error {
 			return err
 		}
 	}
-	authn, err := c.Auth.authenticator()
-	if err != nil {
-		return err
-	}
-	allowList, err := parseAllow("http-proxy.host-whitelist", c.HTTPProxy.HostWhitelist)
-	if err != nil {
-		return err
-	}
-	proxyTLS, err := c.HTTPProxy.TLS.config(e)
-	if err != nil {
-		return err
-	}
-	connectorTLS, err := c.HTTPConnector.TLS.config(e)
+	cs, err := newClientSide(e, c.Auth, c.HTTPProxy.HostWhitelist, c.HTTPProxy.TLS, c.HTTPConnector.TLS)
 	if err != nil {
 		return err
 	}
@@ -69,14 +57,14 @@ func (c *LBCmd) Run(e *Env) error {
 	fwd := &lb.Forwarder{
 		Store:       route.NewMemcached(c.Store.Memcached.Address, c.Store.Memcached.Timeout),
 		Self:        []string{c.HTTPProxy.ListenAddress, ln.Addr().String()},
-		TLS:         connectorTLS,
+		TLS:         cs.connectorTLS,
 		DialTimeout: c.HTTPConnector.DialTimeout,
 		Log:         e.Log.With("component", "forwarder"),
 	}
-	handler := front.New(front.Config{Auth: authn, Allow: allowList, Dialer: fwd, Metrics: m}, e.Log.With("component", "http-proxy"))
-	hs := front.NewServer(c.HTTPProxy.ListenAddress, handler, proxyTLS, e.Log)
+	handler := front.New(front.Config{Auth: cs.auth, Allow: cs.allow, Dialer: fwd, Metrics: m}, e.Log.With("component", "http-proxy"))
+	hs := front.NewServer(c.HTTPProxy.ListenAddress, handler, cs.serverTLS, e.Log)
 	e.Log.Info("route store", "type", "memcached", "address", c.Store.Memcached.Address)
-	logListening(e, ln, proxyTLS, c.Auth.Type, allowList)
+	logListening(e, ln, cs.serverTLS, c.Auth.Type, cs.allow)
 	return runAll(e.Ctx, append(c.Metrics.serve(m, e),
 		func(ctx context.Context) error { return serveHTTP(ctx, hs, ln, handler.Drain) },
 	)...)

@@ -184,23 +184,12 @@ func (c *ProxyCmd) Run(e *Env) error {
 	if c.Store.Type == "memcached" && c.Store.TTL < 3*time.Second {
 		return fmt.Errorf("--store.ttl: must be at least 3s (routes are renewed every ttl/3), got %s", c.Store.TTL)
 	}
-	authn, err := c.Auth.authenticator()
+	cs, err := newClientSide(e, c.Auth, c.HTTPProxy.HostWhitelist, c.HTTPProxy.TLS, c.HTTPConnector.TLS)
 	if err != nil {
 		return err
 	}
-	allowList, err := parseAllow("http-proxy.host-whitelist", c.HTTPProxy.HostWhitelist)
-	if err != nil {
-		return err
-	}
+	authn, allowList, proxyTLS, connectorTLS := cs.auth, cs.allow, cs.serverTLS, cs.connectorTLS
 	agentTLS, selfSigned, err := c.agentTLS(e)
-	if err != nil {
-		return err
-	}
-	proxyTLS, err := c.HTTPProxy.TLS.config(e)
-	if err != nil {
-		return err
-	}
-	connectorTLS, err := c.HTTPConnector.TLS.config(e)
 	if err != nil {
 		return err
 	}
@@ -336,6 +325,28 @@ func (c *ProxyCmd) selfAddress(bound net.Addr) (string, error) {
 		}
 	}
 	return net.JoinHostPort(host, port), nil
+}
+
+// clientSide is what proxy and lb share: how clients authenticate, where
+// they may go, the TLS of the client port, and the TLS used to forward.
+type clientSide struct {
+	auth                    auth.Authenticator
+	allow                   *allow.List
+	serverTLS, connectorTLS *tls.Config
+}
+
+func newClientSide(e *Env, a AuthVerifier, whitelist []string, serverTLS HTTPProxyTLS, connectorTLS ConnectorTLS) (cs clientSide, err error) {
+	if cs.auth, err = a.authenticator(); err != nil {
+		return cs, err
+	}
+	if cs.allow, err = parseAllow("http-proxy.host-whitelist", whitelist); err != nil {
+		return cs, err
+	}
+	if cs.serverTLS, err = serverTLS.config(e); err != nil {
+		return cs, err
+	}
+	cs.connectorTLS, err = connectorTLS.config(e)
+	return cs, err
 }
 
 func (t HTTPProxyTLS) config(e *Env) (*tls.Config, error) {
