@@ -10,7 +10,7 @@ PKG      := github.com/reverse-http/reverse-http/internal/cli
 LDFLAGS  := -s -w -X $(PKG).Version=$(VERSION) -X $(PKG).Commit=$(COMMIT) -X $(PKG).Date=$(DATE)
 FUZZTIME ?= 15s
 
-.PHONY: help build run test unit e2e vet fmt fuzz clean
+.PHONY: help build run test unit e2e vet fmt fuzz bench clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-8s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ fuzz: ## Run every fuzz target for FUZZTIME each
 	  for f in $$(go test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
 	    echo "== $$pkg $$f"; go test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
 	  done; done
+
+bench: ## Run the benchmark suite (see docs/benchmarks.md)
+	go run ./cmd/rh-bench $(BENCHFLAGS)
 
 clean: ## Remove build output and the quickstart's files
 	rm -rf bin .run

@@ -1,0 +1,540 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// proc is a child process: the proxy, an agent or a helper of this binary.
+type proc struct {
+	name string
+	pid  int
+	cmd  *exec.Cmd
+	log  string // its stderr
+
+	in  *os.File      // its stdin, when piped
+	out *os.File      // its stdout, when piped
+	br  *bufio.Reader // over out
+
+	done chan struct{} // closed when it has exited
+	err  error         // why it exited, once done is closed
+}
+
+// procSet starts child processes and stops them by PID.
+type procSet struct {
+	dir string // where their stderr logs go
+
+	mu   sync.Mutex
+	seq  int
+	live map[*proc]bool
+	logs []string
+}
+
+func newProcSet(dir string) *procSet {
+	return &procSet{dir: dir, live: map[*proc]bool{}}
+}
+
+// start runs path with args. With piped, the child's stdin and stdout are
+// pipes to us (helpers read commands and print their addresses there);
+// otherwise they are /dev/null. Stderr goes to a log file.
+func (s *procSet) start(name string, piped bool, path string, args ...string) (*proc, error) {
+	s.mu.Lock()
+	s.seq++
+	logPath := filepath.Join(s.dir, fmt.Sprintf("%03d-%s.log", s.seq, name))
+	s.logs = append(s.logs, logPath)
+	s.mu.Unlock()
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	defer logFile.Close()
+	p := &proc{name: name, log: logPath, done: make(chan struct{})}
+	p.cmd = exec.Command(path, args...)
+	p.cmd.Stderr = logFile
+	p.cmd.SysProcAttr = childSysProcAttr()
+	var childIn, childOut *os.File
+	if piped {
+		if childIn, p.in, err = os.Pipe(); err != nil {
+			return nil, err
+		}
+		defer childIn.Close()
+		if p.out, childOut, err = os.Pipe(); err != nil {
+			p.in.Close()
+			return nil, err
+		}
+		defer childOut.Close()
+		p.cmd.Stdin, p.cmd.Stdout = childIn, childOut
+		p.br = bufio.NewReader(p.out)
+	}
+	if err := p.cmd.Start(); err != nil {
+		p.closePipes()
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p.pid = p.cmd.Process.Pid
+	s.mu.Lock()
+	s.live[p] = true
+	s.mu.Unlock()
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.done)
+		s.mu.Lock()
+		delete(s.live, p)
+		s.mu.Unlock()
+	}()
+	return p, nil
+}
+
+func (p *proc) closePipes() {
+	if p.in != nil {
+		p.in.Close()
+	}
+	if p.out != nil {
+		p.out.Close()
+	}
+}
+
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// stop sends SIGTERM, waits up to grace for the process to exit, then
+// kills it. It returns once the process has exited.
+func (p *proc) stop(grace time.Duration) {
+	if !p.exited() {
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.done:
+		case <-time.After(grace):
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+	}
+	p.closePipes()
+}
+
+// exitError describes why a process that should be running has exited,
+// with the end of its log.
+func (p *proc) exitError() error {
+	return fmt.Errorf("%s exited (%v): %s", p.name, p.err, lastLines(p.log, 3))
+}
+
+// readLine reads one line of the child's stdout, bounded by ctx.
+func (p *proc) readLine(ctx context.Context) (string, error) {
+	if deadline, ok := ctx.Deadline(); ok {
+		p.out.SetReadDeadline(deadline)
+	}
+	stop := context.AfterFunc(ctx, func() { p.out.SetReadDeadline(time.Unix(1, 0)) })
+	defer stop()
+	line, err := p.br.ReadString('\n')
+	if err != nil {
+		if ctx.Err() != nil {
+			return "", context.Cause(ctx)
+		}
+		// Most likely the child died: say why.
+		<-waitUpTo(p.done, time.Second)
+		if p.exited() {
+			return "", p.exitError()
+		}
+		return "", fmt.Errorf("read from %s: %w", p.name, err)
+	}
+	return strings.TrimSpace(line), nil
+}
+
+// writeLine writes one line to the child's stdin.
+func (p *proc) writeLine(line string) error {
+	_, err := p.in.WriteString(line + "\n")
+	return err
+}
+
+// killAll kills every live child at once; for the way out after a signal.
+func (s *procSet) killAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for p := range s.live {
+		p.cmd.Process.Kill()
+	}
+}
+
+// stopAll stops every live child, all at the same time.
+func (s *procSet) stopAll() {
+	s.mu.Lock()
+	var ps []*proc
+	for p := range s.live {
+		ps = append(ps, p)
+	}
+	s.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, p := range ps {
+		wg.Go(func() { p.stop(5 * time.Second) })
+	}
+	wg.Wait()
+}
+
+// logSummary names the child logs that are not empty, with their first
+// lines: at --log.level=warn, anything there is worth a look.
+func (s *procSet) logSummary() []string {
+	s.mu.Lock()
+	logs := append([]string(nil), s.logs...)
+	s.mu.Unlock()
+	var notes []string
+	for _, path := range logs {
+		data, err := os.ReadFile(path)
+		if err != nil || len(strings.TrimSpace(string(data))) == 0 {
+			continue
+		}
+		lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+		note := fmt.Sprintf("%s logged %d line(s); first: %s", filepath.Base(path), len(lines), clip(lines[0], 300))
+		notes = append(notes, note)
+	}
+	return notes
+}
+
+func lastLines(path string, n int) string {
+	data, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return clip(strings.Join(lines, " | "), 600)
+}
+
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
+
+func waitUpTo(done chan struct{}, d time.Duration) <-chan struct{} {
+	c := make(chan struct{})
+	go func() {
+		select {
+		case <-done:
+		case <-time.After(d):
+		}
+		close(c)
+	}()
+	return c
+}
+
+// clockTicks is USER_HZ, the unit of the CPU times in /proc/PID/stat.
+const clockTicks = 100
+
+// cpuTicks is the CPU time (user + system) a process has used so far.
+func cpuTicks(pid int) (int64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name, field 2, is in parentheses and may hold spaces.
+	s := string(data)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: no ')'", pid)
+	}
+	f := strings.Fields(s[i+1:]) // f[0] is field 3 (state)
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f)+2)
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64) // field 14
+	stime, err2 := strconv.ParseInt(f[12], 10, 64) // field 15
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	}
+	return utime + stime, nil
+}
+
+// cpuTotal is the CPU time of several processes together.
+func cpuTotal(pids ...int) (int64, error) {
+	var sum int64
+	for _, pid := range pids {
+		t, err := cpuTicks(pid)
+		if err != nil {
+			return 0, err
+		}
+		sum += t
+	}
+	return sum, nil
+}
+
+// memBytes reads a memory figure ("VmRSS", "VmHWM") of /proc/PID/status.
+func memBytes(pid int, key string) (int64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, key+":"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("/proc/%d/status %s: %w", pid, key, err)
+			}
+			return kb * 1024, nil
+		}
+	}
+	return 0, fmt.Errorf("/proc/%d/status: no %s", pid, key)
+}
+
+// peakRSS samples the VmRSS of pids every 50ms until stopped.
+type peakRSS struct {
+	pids []int
+	stop chan struct{}
+	done chan struct{}
+	peak map[int]int64
+}
+
+func samplePeakRSS(pids ...int) *peakRSS {
+	r := &peakRSS{pids: pids, stop: make(chan struct{}), done: make(chan struct{}), peak: map[int]int64{}}
+	go func() {
+		defer close(r.done)
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			r.sample()
+			select {
+			case <-r.stop:
+				r.sample()
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return r
+}
+
+func (r *peakRSS) sample() {
+	for _, pid := range r.pids {
+		if v, err := memBytes(pid, "VmRSS"); err == nil && v > r.peak[pid] {
+			r.peak[pid] = v
+		}
+	}
+}
+
+// end stops sampling and returns each process's peak: the largest sample
+// or the kernel's high-water mark (VmHWM), whichever is larger.
+func (r *peakRSS) end() map[int]int64 {
+	close(r.stop)
+	<-r.done
+	for _, pid := range r.pids {
+		if v, err := memBytes(pid, "VmHWM"); err == nil && v > r.peak[pid] {
+			r.peak[pid] = v
+		}
+	}
+	return r.peak
+}
+
+// freePort asks the kernel for a free port on 127.0.0.1 and releases it,
+// for a process that must bind the port itself. Another process may take
+// it in between; startProxy retries.
+func freePort(network string) (int, error) {
+	if network == "udp" {
+		c, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		defer c.Close()
+		return c.LocalAddr().(*net.UDPAddr).Port, nil
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// waitFor calls try every 20ms until it succeeds, ctx ends or timeout
+// passes, and returns its last error. check, if not nil, aborts the wait
+// with its error (a process that exited).
+func waitFor(ctx context.Context, timeout time.Duration, check func() error, try func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		if check != nil {
+			if err := check(); err != nil {
+				return err
+			}
+		}
+		err := try()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not ready within %s: %w", timeout, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// agentID is the ID of the real agent the tunnels go through.
+const agentID = "bench"
+
+// pair is a running proxy and agent of the real binary.
+type pair struct {
+	proxy, agent *proc
+	httpAddr     string // the proxy's HTTP proxy (TCP)
+	agentAddr    string // the proxy's agent server (UDP)
+}
+
+func (p *pair) pids() []int { return []int{p.proxy.pid, p.agent.pid} }
+
+// stop stops the agent, then the proxy.
+func (p *pair) stop() {
+	p.agent.stop(5 * time.Second)
+	p.proxy.stop(10 * time.Second)
+}
+
+// startProxy starts `reverse-http proxy` on free ports and waits until its
+// HTTP port accepts connections (its agent server is bound before that).
+func (b *bench) startProxy(ctx context.Context) (proxy *proc, httpAddr, agentAddr string, err error) {
+	for attempt := 0; attempt < 3; attempt++ {
+		httpPort, err1 := freePort("tcp")
+		udpPort, err2 := freePort("udp")
+		if err := errors.Join(err1, err2); err != nil {
+			return nil, "", "", err
+		}
+		httpAddr = fmt.Sprintf("127.0.0.1:%d", httpPort)
+		agentAddr = fmt.Sprintf("127.0.0.1:%d", udpPort)
+		proxy, err = b.procs.start("proxy", false, b.bin, "proxy",
+			"--agent-server.tls.file.cert="+filepath.Join(b.certs, "proxy.pem"),
+			"--agent-server.tls.file.key="+filepath.Join(b.certs, "proxy-key.pem"),
+			"--http-proxy.listen-address="+httpAddr,
+			"--agent-server.listen-address="+agentAddr,
+			"--log.level="+b.cfg.LogLevel)
+		if err != nil {
+			return nil, "", "", err
+		}
+		err = waitFor(ctx, 10*time.Second,
+			func() error {
+				if proxy.exited() {
+					return proxy.exitError()
+				}
+				return nil
+			},
+			func() error {
+				c, err := net.DialTimeout("tcp", httpAddr, time.Second)
+				if err == nil {
+					c.Close()
+				}
+				return err
+			})
+		if err == nil {
+			return proxy, httpAddr, agentAddr, nil
+		}
+		proxy.stop(time.Second)
+		if ctx.Err() != nil || !strings.Contains(err.Error(), "address already in use") {
+			return nil, "", "", fmt.Errorf("proxy: %w", err)
+		}
+	}
+	return nil, "", "", fmt.Errorf("proxy: %w", err)
+}
+
+// startPair starts a proxy and an agent, and waits until a tunnel through
+// them opens.
+func (b *bench) startPair(ctx context.Context) (*pair, error) {
+	proxy, httpAddr, agentAddr, err := b.startProxy(ctx)
+	if err != nil {
+		return nil, err
+	}
+	agent, err := b.procs.start("agent", false, b.bin, "agent",
+		"--auth.noauth.agent-id="+agentID,
+		"--agent-client.server-address="+agentAddr,
+		"--agent-client.tls.file.root-ca="+filepath.Join(b.certs, "ca.pem"),
+		"--log.level="+b.cfg.LogLevel)
+	if err != nil {
+		proxy.stop(5 * time.Second)
+		return nil, err
+	}
+	p := &pair{proxy: proxy, agent: agent, httpAddr: httpAddr, agentAddr: agentAddr}
+	err = waitFor(ctx, 15*time.Second,
+		func() error {
+			for _, c := range []*proc{proxy, agent} {
+				if c.exited() {
+					return c.exitError()
+				}
+			}
+			return nil
+		},
+		func() error {
+			c, err := dialTunnel(ctx, httpAddr, agentID, b.origin.echo)
+			if err == nil {
+				c.Close()
+			}
+			return err
+		})
+	if err != nil {
+		p.stop()
+		return nil, fmt.Errorf("proxy and agent: %w", err)
+	}
+	return p, nil
+}
+
+// udpDrops is the host's count of UDP datagrams dropped because a socket's
+// receive buffer was full (RcvbufErrors in /proc/net/snmp). It covers
+// every process in the network namespace, so take differences over a
+// measurement and read them as a hint.
+func udpDrops() (int64, error) {
+	data, err := os.ReadFile("/proc/net/snmp")
+	if err != nil {
+		return 0, err
+	}
+	var names []string
+	for _, line := range strings.Split(string(data), "\n") {
+		fields, ok := strings.CutPrefix(line, "Udp: ")
+		if !ok {
+			continue
+		}
+		if names == nil {
+			names = strings.Fields(fields)
+			continue
+		}
+		for i, v := range strings.Fields(fields) {
+			if i < len(names) && names[i] == "RcvbufErrors" {
+				return strconv.ParseInt(v, 10, 64)
+			}
+		}
+	}
+	return 0, errors.New("/proc/net/snmp: no Udp RcvbufErrors")
+}
+
+// hostBusy is the share of the host's CPU time, in percent, spent on
+// anything but idling and waiting for I/O over d (from /proc/stat).
+func hostBusy(d time.Duration) float64 {
+	sample := func() (busy, total int64) {
+		data, _ := os.ReadFile("/proc/stat")
+		line, _, _ := strings.Cut(string(data), "\n")
+		for i, f := range strings.Fields(line)[1:] {
+			v, _ := strconv.ParseInt(f, 10, 64)
+			total += v
+			if i != 3 && i != 4 { // idle, iowait
+				busy += v
+			}
+		}
+		return busy, total
+	}
+	b0, t0 := sample()
+	time.Sleep(d)
+	b1, t1 := sample()
+	if t1 <= t0 {
+		return 0
+	}
+	return 100 * float64(b1-b0) / float64(t1-t0)
+}
