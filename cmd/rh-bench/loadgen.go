@@ -178,8 +178,8 @@ func agentsRun(ctx context.Context, b *bench, r *runRecorder) error {
 	if err != nil {
 		return err
 	}
-	r.add("agents.proxy_rss", fmt.Sprintf("%d agents: proxy RSS", n), "MB", float64(after)/1e6)
-	r.add("agents.rss_per_agent", fmt.Sprintf("%d agents: proxy RSS per agent", n), "KB", float64(after-before)/1e3/float64(connected))
+	r.add("agents.proxy_rss_burst", fmt.Sprintf("%d agents: proxy RSS right after connecting", n), "MB", float64(after)/1e6)
+	r.add("agents.rss_per_agent_burst", fmt.Sprintf("%d agents: proxy RSS per agent right after connecting", n), "KB", float64(after-before)/1e3/float64(connected))
 
 	self := os.Getpid()
 	p0, err1 := cpuTicks(proxy.pid)
@@ -196,6 +196,14 @@ func agentsRun(ctx context.Context, b *bench, r *runRecorder) error {
 			return err
 		}
 	}
+	// The steady state: after the idle period, the garbage of the connect
+	// burst (handshakes) has had time to be collected.
+	idleRSS, err := memBytes(proxy.pid, "VmRSS")
+	if err != nil {
+		return err
+	}
+	r.add("agents.proxy_rss", fmt.Sprintf("%d agents: proxy RSS after idling", n), "MB", float64(idleRSS)/1e6)
+	r.add("agents.rss_per_agent", fmt.Sprintf("%d agents: proxy RSS per agent after idling", n), "KB", float64(idleRSS-before)/1e3/float64(connected))
 	secs := b.cfg.Idle.Seconds()
 	r.add("agents.idle_cpu", fmt.Sprintf("%d agents idle: proxy CPU", n), "% core", 100*float64(p1-p0)/clockTicks/secs)
 	r.add("agents.loadgen_cpu", fmt.Sprintf("%d agents idle: load generator CPU", n), "% core", 100*float64(s1-s0)/clockTicks/secs)

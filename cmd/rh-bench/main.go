@@ -58,6 +58,9 @@ type config struct {
 	Bin      string
 	Keep     bool
 	LogLevel string // of proxy and agent
+	// ProxyFlags and AgentFlags are extra flags for the processes, e.g.
+	// --metrics.listen-address=127.0.0.1:9090 to profile them.
+	ProxyFlags, AgentFlags string
 }
 
 // Sizes the targets are defined for.
@@ -185,6 +188,10 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&cfg.Bin, "bin", "", "reverse-http binary to use (default: go build ./cmd/reverse-http)")
 	fs.BoolVar(&cfg.Keep, "keep", false, "keep the work directory (binary, certificates, process logs)")
 	fs.StringVar(&cfg.LogLevel, "log-level", "warn", "--log.level of proxy and agent; their logs are in the work directory (see -keep)")
+	fs.StringVar(&cfg.ProxyFlags, "proxy-flags", "", "extra flags for the proxy, space-separated (e.g. --metrics.listen-address=127.0.0.1:9090 to fetch /debug/pprof/)")
+	fs.StringVar(&cfg.AgentFlags, "agent-flags", "", "extra flags for the agent, space-separated")
+	fs.DurationVar(&agentKeepAlive, "agent-keepalive", agentKeepAlive, "QUIC keep-alive period of the load generator's agents (the agent's --agent-client.keep-alive default)")
+	fs.DurationVar(&agentIdleTimeout, "agent-idle-timeout", agentIdleTimeout, "QUIC idle timeout of the load generator's agents (the agent's --agent-client.idle-timeout default)")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}

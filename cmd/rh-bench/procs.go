@@ -413,12 +413,12 @@ func (b *bench) startProxy(ctx context.Context) (proxy *proc, httpAddr, agentAdd
 		}
 		httpAddr = fmt.Sprintf("127.0.0.1:%d", httpPort)
 		agentAddr = fmt.Sprintf("127.0.0.1:%d", udpPort)
-		proxy, err = b.procs.start("proxy", false, b.bin, "proxy",
-			"--agent-server.tls.file.cert="+filepath.Join(b.certs, "proxy.pem"),
-			"--agent-server.tls.file.key="+filepath.Join(b.certs, "proxy-key.pem"),
-			"--http-proxy.listen-address="+httpAddr,
-			"--agent-server.listen-address="+agentAddr,
-			"--log.level="+b.cfg.LogLevel)
+		proxy, err = b.procs.start("proxy", false, b.bin, append([]string{"proxy",
+			"--agent-server.tls.file.cert=" + filepath.Join(b.certs, "proxy.pem"),
+			"--agent-server.tls.file.key=" + filepath.Join(b.certs, "proxy-key.pem"),
+			"--http-proxy.listen-address=" + httpAddr,
+			"--agent-server.listen-address=" + agentAddr,
+			"--log.level=" + b.cfg.LogLevel}, strings.Fields(b.cfg.ProxyFlags)...)...)
 		if err != nil {
 			return nil, "", "", err
 		}
@@ -454,11 +454,11 @@ func (b *bench) startPair(ctx context.Context) (*pair, error) {
 	if err != nil {
 		return nil, err
 	}
-	agent, err := b.procs.start("agent", false, b.bin, "agent",
-		"--auth.noauth.agent-id="+agentID,
-		"--agent-client.server-address="+agentAddr,
-		"--agent-client.tls.file.root-ca="+filepath.Join(b.certs, "ca.pem"),
-		"--log.level="+b.cfg.LogLevel)
+	agent, err := b.procs.start("agent", false, b.bin, append([]string{"agent",
+		"--auth.noauth.agent-id=" + agentID,
+		"--agent-client.server-address=" + agentAddr,
+		"--agent-client.tls.file.root-ca=" + filepath.Join(b.certs, "ca.pem"),
+		"--log.level=" + b.cfg.LogLevel}, strings.Fields(b.cfg.AgentFlags)...)...)
 	if err != nil {
 		proxy.stop(5 * time.Second)
 		return nil, err

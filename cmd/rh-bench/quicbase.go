@@ -60,10 +60,17 @@ func serverQUICConfig() *quic.Config {
 	}
 }
 
+// agentKeepAlive and agentIdleTimeout are the load generator's (and the raw
+// QUIC client's) agent settings; -agent-keepalive and -agent-idle-timeout.
+var (
+	agentKeepAlive   = 2 * time.Second
+	agentIdleTimeout = 6 * time.Second
+)
+
 func clientQUICConfig() *quic.Config {
 	return &quic.Config{
-		KeepAlivePeriod:       2 * time.Second,
-		MaxIdleTimeout:        6 * time.Second,
+		KeepAlivePeriod:       agentKeepAlive,
+		MaxIdleTimeout:        agentIdleTimeout,
 		HandshakeIdleTimeout:  10 * time.Second,
 		MaxIncomingStreams:    100_000,
 		MaxIncomingUniStreams: -1,

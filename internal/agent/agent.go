@@ -179,7 +179,15 @@ func (a *Agent) session(ctx context.Context) (time.Duration, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			a.tunnel(ctx, conn, stream)
+			if relay := a.tunnel(ctx, conn, stream); relay != nil {
+				// A fresh goroutine, not this one whose stack grew deep
+				// in the dial, holds the open tunnel.
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					relay()
+				}()
+			}
 		}()
 	}
 }
@@ -203,15 +211,16 @@ func (a *Agent) authenticate(ctx context.Context, conn *quic.Conn, cred string) 
 	return nil
 }
 
-// tunnel serves one stream opened by the proxy.
-func (a *Agent) tunnel(ctx context.Context, conn *quic.Conn, stream *quic.Stream) {
+// tunnel answers one stream opened by the proxy. When the destination is
+// dialed, it returns the function that relays the tunnel until it ends.
+func (a *Agent) tunnel(ctx context.Context, conn *quic.Conn, stream *quic.Stream) (relayFn func()) {
 	start := time.Now()
 	stream.SetReadDeadline(start.Add(a.cfg.DialTimeout))
 	br := bufio.NewReaderSize(stream, 1024)
 	target, err := wire.ReadConnect(br)
 	if err != nil {
 		a.refuse(stream, http.StatusBadRequest, err.Error(), target)
-		return
+		return nil
 	}
 	stream.SetReadDeadline(time.Time{})
 	dest, err := a.dial(ctx, target)
@@ -222,25 +231,28 @@ func (a *Agent) tunnel(ctx context.Context, conn *quic.Conn, stream *quic.Stream
 			reason = we.Reason
 		}
 		a.refuse(stream, wire.Status(err), reason, target)
-		return
+		return nil
 	}
 	if err := wire.WriteOK(stream); err != nil {
 		dest.Close()
 		stream.CancelRead(wire.StreamCodeAbort)
 		stream.CancelWrite(wire.StreamCodeAbort)
-		return
+		return nil
 	}
 	a.cfg.Metrics.Request("agent", http.StatusOK)
 	a.cfg.Metrics.Opened(time.Since(start))
-	res := relay.Join(relay.NewStream(stream, br, conn.LocalAddr(), conn.RemoteAddr()), relay.NewTCP(dest, nil))
-	a.cfg.Metrics.Closed(res.AToB, res.BToA)
-	outcome := "ok"
-	if res.Err != nil {
-		outcome = res.Err.Error()
+	tunnelSide := relay.NewStream(stream, br, conn.LocalAddr(), conn.RemoteAddr())
+	return func() {
+		res := relay.Join(tunnelSide, relay.NewTCP(dest, nil))
+		a.cfg.Metrics.Closed(res.AToB, res.BToA)
+		outcome := "ok"
+		if res.Err != nil {
+			outcome = res.Err.Error()
+		}
+		a.log.Info("tunnel closed", "destination", target, "address", dest.RemoteAddr().String(),
+			"bytes_up", res.AToB, "bytes_down", res.BToA,
+			"duration", time.Since(start).Round(time.Millisecond).String(), "outcome", outcome)
 	}
-	a.log.Info("tunnel closed", "destination", target, "address", dest.RemoteAddr().String(),
-		"bytes_up", res.AToB, "bytes_down", res.BToA,
-		"duration", time.Since(start).Round(time.Millisecond).String(), "outcome", outcome)
 }
 
 func (a *Agent) refuse(stream *quic.Stream, status int, reason, target string) {

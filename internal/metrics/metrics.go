@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strconv"
 	"time"
 
@@ -98,7 +99,8 @@ func (m *Metrics) Request(kind string, status int) {
 	}
 }
 
-// Serve serves /metrics and /healthz on addr until ctx ends.
+// Serve serves /metrics, /healthz and Go's /debug/pprof/ on addr until ctx
+// ends. Bind it to a private address: profiles reveal internals.
 func (m *Metrics) Serve(ctx context.Context, addr string, log *slog.Logger) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -107,6 +109,11 @@ func (m *Metrics) Serve(ctx context.Context, addr string, log *slog.Logger) erro
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	log.Info("metrics listening", "address", ln.Addr().String())
 	errc := make(chan error, 1)

@@ -95,6 +95,9 @@ func (s *Server) quicConfig() *quic.Config {
 func (s *Server) Listen() error {
 	tlsConf := s.cfg.TLS.Clone()
 	tlsConf.NextProtos = []string{wire.ALPN}
+	// Agents never resume sessions; a ticket would cost every connection
+	// a few KB of memory for nothing.
+	tlsConf.SessionTicketsDisabled = true
 	if tlsConf.MinVersion < tls.VersionTLS13 {
 		tlsConf.MinVersion = tls.VersionTLS13
 	}
