@@ -521,28 +521,15 @@ func nginxConfig(n *nginxLB, streamModule string, agentUpstreams, httpUpstreams 
 // more flags.
 func startStoreProxy(t testing.TB, mc *memcached, extra ...string) *proxyProc {
 	t.Helper()
-	var last error
-	for attempt := 0; attempt < 5; attempt++ {
-		httpAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t, "tcp")))
-		agentAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t, "udp")))
-		args := append([]string{
+	return startProxyOnFreePorts(t, func(httpAddr string) []string {
+		return append([]string{
 			"--agent-server.tls.file.cert=" + filepath.Join(certDir, "proxy.pem"),
 			"--agent-server.tls.file.key=" + filepath.Join(certDir, "proxy-key.pem"),
 			"--store.type=memcached",
 			"--store.memcached.address=" + mc.addr,
 			"--store.http-proxy-address=" + httpAddr,
 		}, extra...)
-		p, err := tryStartProxy(t, httpAddr, agentAddr, args)
-		if err == nil {
-			return p
-		}
-		last = err
-		if !errors.Is(err, errAddrInUse) {
-			break
-		}
-	}
-	t.Fatal(last)
-	return nil
+	})
 }
 
 // lbProc is a running `reverse-http lb`.

@@ -381,11 +381,19 @@ func startProxyArgs(t testing.TB, withCert bool, extra ...string) *proxyProc {
 			"--agent-server.tls.file.key=" + filepath.Join(certDir, "proxy-key.pem"),
 		}, extra...)
 	}
+	return startProxyOnFreePorts(t, func(string) []string { return extra })
+}
+
+// startProxyOnFreePorts starts a proxy on ports the kernel picked, with
+// the flags args returns for its HTTP address, and tries other ports if
+// another process took them meanwhile.
+func startProxyOnFreePorts(t testing.TB, args func(httpAddr string) []string) *proxyProc {
+	t.Helper()
 	var last error
 	for attempt := 0; attempt < 5; attempt++ {
 		httpAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t, "tcp")))
 		agentAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t, "udp")))
-		p, err := tryStartProxy(t, httpAddr, agentAddr, extra)
+		p, err := tryStartProxy(t, httpAddr, agentAddr, args(httpAddr))
 		if err == nil {
 			return p
 		}
