@@ -53,6 +53,7 @@ type config struct {
 	LatencyN int
 	Inflight int
 	Idle     time.Duration
+	Hold     time.Duration // 10k tunnels stay open this long after the echo
 	Quick    bool
 	JSONPath string
 	Bin      string
@@ -183,6 +184,7 @@ func parseFlags(args []string) (config, error) {
 	fs.IntVar(&cfg.LatencyN, "latency-n", 2000, "samples per latency measurement")
 	fs.IntVar(&cfg.Inflight, "inflight", 256, "tunnels or agents being opened at once in the 10k phases")
 	fs.DurationVar(&cfg.Idle, "idle", 10*time.Second, "how long the connected agents sit idle while the proxy's CPU is measured")
+	fs.DurationVar(&cfg.Hold, "hold", 0, "keep the 10,000 tunnels open this long after their echo, to profile the processes (e.g. with -proxy-flags=--metrics.listen-address=...)")
 	fs.BoolVar(&cfg.Quick, "quick", false, "shrink every size ~10x (flags given explicitly are kept)")
 	fs.StringVar(&cfg.JSONPath, "json", "bench.json", "write the results to this JSON file (empty: none)")
 	fs.StringVar(&cfg.Bin, "bin", "", "reverse-http binary to use (default: go build ./cmd/reverse-http)")

@@ -342,6 +342,13 @@ func tunnelsRun(ctx context.Context, b *bench, r *runRecorder) error {
 		echoed.Add(1)
 		return nil
 	})
+	if b.cfg.Hold > 0 {
+		fmt.Fprintf(os.Stderr, "   holding %d tunnels open for %s\n", n, b.cfg.Hold)
+		select {
+		case <-ctx.Done():
+		case <-time.After(b.cfg.Hold):
+		}
+	}
 	peak := rss.end()
 	r.add("tunnels.echoed", fmt.Sprintf("%d tunnels: echoed", n), "count", float64(echoed.Load()))
 	r.add("tunnels.rss_proxy", fmt.Sprintf("%d tunnels: peak RSS proxy", n), "MB", float64(peak[p.proxy.pid])/1e6)
