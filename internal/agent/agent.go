@@ -179,14 +179,11 @@ func (a *Agent) session(ctx context.Context) (time.Duration, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			// The relay runs in goroutines of its own; this one, whose
+			// stack grew deep in the dial, ends.
 			if relay := a.tunnel(ctx, conn, stream); relay != nil {
-				// A fresh goroutine, not this one whose stack grew deep
-				// in the dial, holds the open tunnel.
 				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					relay()
-				}()
+				relay(wg.Done)
 			}
 		}()
 	}
@@ -212,8 +209,9 @@ func (a *Agent) authenticate(ctx context.Context, conn *quic.Conn, cred string) 
 }
 
 // tunnel answers one stream opened by the proxy. When the destination is
-// dialed, it returns the function that relays the tunnel until it ends.
-func (a *Agent) tunnel(ctx context.Context, conn *quic.Conn, stream *quic.Stream) (relayFn func()) {
+// dialed, it returns the function that starts relaying the tunnel; that
+// calls ended once the tunnel is closed.
+func (a *Agent) tunnel(ctx context.Context, conn *quic.Conn, stream *quic.Stream) (startRelay func(ended func())) {
 	start := time.Now()
 	stream.SetReadDeadline(start.Add(a.cfg.DialTimeout))
 	br := bufio.NewReaderSize(stream, 1024)
@@ -242,16 +240,18 @@ func (a *Agent) tunnel(ctx context.Context, conn *quic.Conn, stream *quic.Stream
 	a.cfg.Metrics.Request("agent", http.StatusOK)
 	a.cfg.Metrics.Opened(time.Since(start))
 	tunnelSide := relay.NewStream(stream, br, conn.LocalAddr(), conn.RemoteAddr())
-	return func() {
-		res := relay.Join(tunnelSide, relay.NewTCP(dest, nil))
-		a.cfg.Metrics.Closed(res.AToB, res.BToA)
-		outcome := "ok"
-		if res.Err != nil {
-			outcome = res.Err.Error()
-		}
-		a.log.Info("tunnel closed", "destination", target, "address", dest.RemoteAddr().String(),
-			"bytes_up", res.AToB, "bytes_down", res.BToA,
-			"duration", time.Since(start).Round(time.Millisecond).String(), "outcome", outcome)
+	return func(ended func()) {
+		relay.Start(tunnelSide, relay.NewTCP(dest, nil), func(res relay.Result) {
+			defer ended()
+			a.cfg.Metrics.Closed(res.AToB, res.BToA)
+			outcome := "ok"
+			if res.Err != nil {
+				outcome = res.Err.Error()
+			}
+			a.log.Info("tunnel closed", "destination", target, "address", dest.RemoteAddr().String(),
+				"bytes_up", res.AToB, "bytes_down", res.BToA,
+				"duration", time.Since(start).Round(time.Millisecond).String(), "outcome", outcome)
+		})
 	}
 }
 

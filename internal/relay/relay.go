@@ -8,7 +8,9 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 )
 
 // Conn is one side of a relay.
@@ -41,51 +43,157 @@ type Result struct {
 // direction closes both connections so the other direction stops too. Join
 // closes a and b before it returns.
 func Join(a, b Conn) Result {
-	var (
-		res    Result
-		wg     sync.WaitGroup
-		mu     sync.Mutex
-		failed bool
-	)
-	fail := func(err error) {
-		mu.Lock()
-		first := !failed
-		if first {
-			failed = true
-			res.Err = err
-		}
-		mu.Unlock()
-		if first {
-			a.Abort()
-			b.Abort()
+	done := make(chan Result, 1)
+	Start(a, b, func(res Result) { done <- res })
+	return <-done
+}
+
+// Start is Join without the wait: it returns at once, each direction runs
+// in a goroutine of its own, and done is called (from one of them) with the
+// Result once both directions have ended and a and b are closed.
+//
+// An open tunnel costs those two goroutines, and an idle one only two
+// minimal stacks: a direction that has copied bytes and is about to wait for
+// more (see Copy) continues on a fresh goroutine, at most once per
+// handoffEvery, so the stack that grew deep in the write path is freed
+// instead of being held for as long as the tunnel stays idle.
+func Start(a, b Conn, done func(Result)) {
+	t := &tunnel{a: a, b: b, done: done}
+	t.left.Store(2)
+	now := time.Now()
+	go (&pump{t: t, src: a, dst: b, n: &t.res.AToB, handoff: true, since: now}).run()
+	go (&pump{t: t, src: b, dst: a, n: &t.res.BToA, handoff: true, since: now}).run()
+}
+
+// handoffEvery bounds how often one direction moves to a fresh goroutine:
+// a busy tunnel moves a few times a second at most, an idle one after each
+// burst of bytes.
+const handoffEvery = 100 * time.Millisecond
+
+// tunnel is the state the two directions of a Start share.
+type tunnel struct {
+	a, b   Conn
+	done   func(Result)
+	left   atomic.Int32 // directions still running
+	mu     sync.Mutex
+	failed bool
+	res    Result
+}
+
+// fail records the tunnel's first error and aborts both sides, so the other
+// direction stops too.
+func (t *tunnel) fail(err error) {
+	t.mu.Lock()
+	first := !t.failed
+	if first {
+		t.failed = true
+		t.res.Err = err
+	}
+	t.mu.Unlock()
+	if first {
+		t.a.Abort()
+		t.b.Abort()
+	}
+}
+
+// ended is called by each direction once it has stopped; the last one
+// closes both sides and reports.
+func (t *tunnel) ended() {
+	if t.left.Add(-1) != 0 {
+		return
+	}
+	t.mu.Lock()
+	failed := t.failed
+	t.mu.Unlock()
+	if !failed {
+		t.a.Close()
+		t.b.Close()
+	}
+	t.done(t.res)
+}
+
+// pump copies src to dst: one direction of a tunnel, or a Copy.
+type pump struct {
+	t       *tunnel // nil for a Copy, which never calls run
+	src     io.Reader
+	dst     io.Writer
+	written int64
+	n       *int64 // where run stores written at the end
+	bp      *[]byte
+	err     error
+	handoff bool      // may continue on a fresh goroutine before waiting
+	since   time.Time // when this goroutine took over
+}
+
+// run copies until src ends or fails, then, in a tunnel, half-closes dst
+// (or aborts both sides on an error) and reports the end.
+func (p *pump) run() {
+	if !p.copy() {
+		go p.run() // the rest of the copy, on a fresh stack
+		return
+	}
+	*p.n = p.written
+	if p.err == nil {
+		if err := p.dst.(Conn).CloseWrite(); err != nil {
+			p.err = err
 		}
 	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		n, err := Copy(b, a)
-		res.AToB = n
-		if err != nil {
-			fail(err)
-			return
-		}
-		if err := b.CloseWrite(); err != nil {
-			fail(err)
+	if p.err != nil {
+		p.t.fail(p.err)
+	}
+	p.t.ended()
+}
+
+// copy is the loop behind Copy and the directions of Start. It returns
+// false when the rest of the copy should continue on a fresh goroutine
+// (only if p.handoff), true when src ended (p.err nil) or failed (p.err
+// set).
+func (p *pump) copy() bool {
+	w, _ := p.src.(readWaiter)
+	defer func() {
+		if p.bp != nil {
+			bufPool.Put(p.bp)
+			p.bp = nil
 		}
 	}()
-	n, err := Copy(a, b)
-	res.BToA = n
-	if err != nil {
-		fail(err)
-	} else if err := a.CloseWrite(); err != nil {
-		fail(err)
+	for {
+		if p.bp == nil {
+			if w != nil {
+				if p.handoff {
+					if now := time.Now(); now.Sub(p.since) >= handoffEvery {
+						p.since = now
+						return false
+					}
+				}
+				w.waitRead()
+			}
+			p.bp = bufPool.Get().(*[]byte)
+		}
+		buf := *p.bp
+		nr, rerr := p.src.Read(buf)
+		if nr > 0 {
+			nw, werr := p.dst.Write(buf[:nr])
+			p.written += int64(nw)
+			if werr != nil {
+				p.err = werr
+				return true
+			}
+			if nw != nr {
+				p.err = io.ErrShortWrite
+				return true
+			}
+		}
+		if rerr != nil {
+			if rerr != io.EOF {
+				p.err = rerr
+			}
+			return true
+		}
+		if w != nil && nr < len(buf) {
+			bufPool.Put(p.bp)
+			p.bp = nil
+		}
 	}
-	wg.Wait()
-	if !failed {
-		a.Close()
-		b.Close()
-	}
-	return res
 }
 
 // Copy copies src to dst until src ends, with a pooled buffer. Unlike
@@ -98,46 +206,9 @@ func Join(a, b Conn) Result {
 // buffer goes back to the pool until the next bytes arrive. Ten thousand
 // idle tunnels then cost goroutines, not 32 KiB buffers.
 func Copy(dst io.Writer, src io.Reader) (int64, error) {
-	w, _ := src.(readWaiter)
-	var (
-		bp      *[]byte
-		written int64
-	)
-	defer func() {
-		if bp != nil {
-			bufPool.Put(bp)
-		}
-	}()
-	for {
-		if bp == nil {
-			if w != nil {
-				w.waitRead()
-			}
-			bp = bufPool.Get().(*[]byte)
-		}
-		buf := *bp
-		nr, rerr := src.Read(buf)
-		if nr > 0 {
-			nw, werr := dst.Write(buf[:nr])
-			written += int64(nw)
-			if werr != nil {
-				return written, werr
-			}
-			if nw != nr {
-				return written, io.ErrShortWrite
-			}
-		}
-		if rerr != nil {
-			if rerr == io.EOF {
-				return written, nil
-			}
-			return written, rerr
-		}
-		if w != nil && nr < len(buf) {
-			bufPool.Put(bp)
-			bp = nil
-		}
-	}
+	p := pump{src: src, dst: dst}
+	p.copy()
+	return p.written, p.err
 }
 
 // readWaiter is a source that can block until a Read would not block (data,

@@ -7,9 +7,13 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"testing/iotest"
+	"time"
 
 	"github.com/reverse-http/reverse-http/internal/relay"
 )
@@ -476,4 +480,70 @@ func TestAsConn(t *testing.T) {
 	if _, ok := relay.AsConn(p1).(*relay.TCP); !ok {
 		t.Fatalf("AsConn(net.Pipe) = %T, want *relay.TCP", relay.AsConn(p1))
 	}
+}
+
+// A tunnel that goes idle again and again, for longer than the relay waits
+// before moving a direction to a fresh goroutine, keeps every byte in
+// order, keeps exactly two goroutines, and reports once at the end.
+func TestStartIdleTunnelKeepsBytesAndTwoGoroutines(t *testing.T) {
+	peerA, a := tcpPair(t)
+	peerB, b := tcpPair(t)
+	var calls atomic.Int32
+	done := make(chan relay.Result, 2)
+	relay.Start(relay.NewTCP(a, nil), relay.NewTCP(b, nil), func(res relay.Result) {
+		calls.Add(1)
+		done <- res
+	})
+	var up, down int
+	var prev []string
+	for i := range 4 {
+		for _, dir := range []struct {
+			from, to *net.TCPConn
+			n        *int
+		}{{peerA, peerB, &up}, {peerB, peerA, &down}} {
+			msg := fmt.Sprintf("round %d from %s", i, dir.from.LocalAddr())
+			if _, err := dir.from.Write([]byte(msg)); err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, len(msg))
+			if _, err := io.ReadFull(dir.to, buf); err != nil || string(buf) != msg {
+				t.Fatalf("round %d: read %q, %v; want %q", i, buf, err, msg)
+			}
+			*dir.n += len(msg)
+		}
+		time.Sleep(150 * time.Millisecond) // longer than the hand-off interval
+		ids := pumps()
+		if len(ids) != 2 {
+			t.Fatalf("round %d: the tunnel runs %d goroutines, want 2", i, len(ids))
+		}
+		if i > 0 && slices.Equal(ids, prev) {
+			t.Errorf("round %d: the tunnel still runs on goroutines %v after being idle; want fresh ones", i, ids)
+		}
+		prev = ids
+	}
+	peerA.CloseWrite()
+	peerB.CloseWrite()
+	res := waitJoin(t, done)
+	if res.Err != nil || res.AToB != int64(up) || res.BToA != int64(down) {
+		t.Errorf("Result = %+v; want %d a→b, %d b→a, no error", res, up, down)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if n := calls.Load(); n != 1 {
+		t.Errorf("done called %d times, want 1", n)
+	}
+}
+
+// pumps returns the IDs of the goroutines that run a direction of a relay.
+func pumps() []string {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	var ids []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "relay.(*pump).run(") {
+			id, _, _ := strings.Cut(strings.TrimPrefix(g, "goroutine "), " ")
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	return ids
 }
