@@ -28,7 +28,7 @@ type Conn interface {
 }
 
 // BufSize is the size of one copy buffer.
-const BufSize = 32 << 10
+const BufSize = 128 << 10
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, BufSize); return &b }}
 
@@ -149,6 +149,10 @@ func (p *pump) run() {
 // (only if p.handoff), true when src ended (p.err nil) or failed (p.err
 // set).
 func (p *pump) copy() bool {
+	pr, _ := p.src.(pooledReader)
+	if pr != nil && !pr.readsPooled() {
+		pr = nil
+	}
 	w, _ := p.src.(readWaiter)
 	defer func() {
 		if p.bp != nil {
@@ -157,20 +161,33 @@ func (p *pump) copy() bool {
 		}
 	}()
 	for {
+		var (
+			nr   int
+			rerr error
+		)
 		if p.bp == nil {
-			if w != nil {
-				if p.handoff {
-					if now := time.Now(); now.Sub(p.since) >= handoffEvery {
-						p.since = now
-						return false
-					}
+			if p.handoff && (pr != nil || w != nil) {
+				if now := time.Now(); now.Sub(p.since) >= handoffEvery {
+					p.since = now
+					return false
 				}
-				w.waitRead()
 			}
-			p.bp = bufPool.Get().(*[]byte)
+			if pr != nil {
+				p.bp, nr, rerr = pr.readPooled()
+			} else {
+				if w != nil {
+					w.waitRead()
+				}
+				p.bp = bufPool.Get().(*[]byte)
+			}
 		}
-		buf := *p.bp
-		nr, rerr := p.src.Read(buf)
+		var buf []byte
+		if p.bp != nil { // nil after a pooled read of nothing
+			buf = *p.bp
+		}
+		if pr == nil {
+			nr, rerr = p.src.Read(buf)
+		}
 		if nr > 0 {
 			nw, werr := p.dst.Write(buf[:nr])
 			p.written += int64(nw)
@@ -189,7 +206,7 @@ func (p *pump) copy() bool {
 			}
 			return true
 		}
-		if w != nil && nr < len(buf) {
+		if p.bp != nil && (pr != nil || (w != nil && nr < len(buf))) {
 			bufPool.Put(p.bp)
 			p.bp = nil
 		}
@@ -204,7 +221,7 @@ func (p *pump) copy() bool {
 // An idle connection holds no buffer: when src can wait for data without
 // one (a *Stream, a *TCP over a socket) and the last read drained it, the
 // buffer goes back to the pool until the next bytes arrive. Ten thousand
-// idle tunnels then cost goroutines, not 32 KiB buffers.
+// idle tunnels then cost goroutines, not 128 KiB buffers.
 func Copy(dst io.Writer, src io.Reader) (int64, error) {
 	p := pump{src: src, dst: dst}
 	p.copy()
@@ -212,10 +229,18 @@ func Copy(dst io.Writer, src io.Reader) (int64, error) {
 }
 
 // readWaiter is a source that can block until a Read would not block (data,
-// end of stream or an error is ready) without a buffer. waitRead's errors
-// are left for the Read that follows.
+// end of stream or an error is ready) without a buffer.
 type readWaiter interface {
 	waitRead()
+}
+
+// pooledReader is a source that takes a buffer from the pool only once it
+// has bytes for it, if readsPooled says it can.
+type pooledReader interface {
+	readsPooled() bool
+	// readPooled returns the bytes read in a buffer from the pool, or
+	// none (bp nil, n 0) at the end or on an error.
+	readPooled() (bp *[]byte, n int, err error)
 }
 
 // TCP adapts a net.Conn with CloseWrite (*net.TCPConn, *tls.Conn) to Conn.
@@ -223,7 +248,7 @@ type readWaiter interface {
 type TCP struct {
 	net.Conn
 	br     *bufio.Reader
-	waiter socketWaiter
+	socket socketReader
 }
 
 // NewTCP wraps c; br, if not nil, holds bytes read ahead from c.
@@ -232,21 +257,23 @@ func NewTCP(c net.Conn, br *bufio.Reader) *TCP {
 		br = nil
 	}
 	t := &TCP{Conn: c, br: br}
-	t.waiter.init(c)
+	t.socket.init(c)
 	return t
 }
 
-func (c *TCP) waitRead() {
+func (c *TCP) readsPooled() bool { return c.socket.ok() }
+
+func (c *TCP) readPooled() (*[]byte, int, error) {
 	if c.br != nil && c.br.Buffered() > 0 {
-		return
+		bp := bufPool.Get().(*[]byte)
+		n, err := c.br.Read(*bp)
+		return bp, n, err
 	}
-	c.waiter.wait()
+	c.br = nil
+	return c.socket.read()
 }
 
 func (c *TCP) Read(p []byte) (int, error) {
-	if err := c.waiter.pending(); err != nil {
-		return 0, err
-	}
 	if c.br != nil {
 		if c.br.Buffered() > 0 {
 			return c.br.Read(p)

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"testing/iotest"
 	"time"
@@ -274,7 +275,7 @@ func (s *spyTCP) WriteTo(w io.Writer) (int64, error) {
 }
 
 // Copy into a *net.TCPConn must not go through its ReadFrom, which brings
-// its own 32 KiB buffer per call; out of one it must not use WriteTo.
+// its own buffer per call; out of one it must not use WriteTo.
 func TestCopyBypassesReadFromAndWriteTo(t *testing.T) {
 	client, server := tcpPair(t)
 	dst := &spyTCP{TCPConn: client}
@@ -546,4 +547,47 @@ func pumps() []string {
 	}
 	slices.Sort(ids)
 	return ids
+}
+
+// Over a TCP socket, *TCP reads into a pooled buffer taken once bytes are
+// there, reports a clean end as io.EOF and a reset as the socket's error,
+// with no buffer in either case.
+func TestTCPReadPooled(t *testing.T) {
+	peer, c := tcpPair(t)
+	tc := relay.NewTCP(c, nil)
+	if !relay.ReadsPooled(tc) {
+		t.Fatal("a *net.TCPConn is not read through its socket")
+	}
+	go func() {
+		time.Sleep(50 * time.Millisecond) // the read waits first
+		peer.Write([]byte("hello"))
+	}()
+	bp, n, err := relay.ReadPooled(tc)
+	if err != nil || bp == nil || string((*bp)[:n]) != "hello" {
+		t.Fatalf("ReadPooled = %v, %d, %v; want the 5 bytes written", bp != nil, n, err)
+	}
+	if len(*bp) != relay.BufSize {
+		t.Errorf("buffer of %d bytes, want %d", len(*bp), relay.BufSize)
+	}
+
+	peer.CloseWrite()
+	bp, n, err = relay.ReadPooled(tc)
+	if err != io.EOF || bp != nil || n != 0 {
+		t.Fatalf("after the peer's FIN: ReadPooled = %v, %d, %v; want no buffer, 0, io.EOF", bp != nil, n, err)
+	}
+
+	peer2, c2 := tcpPair(t)
+	tc2 := relay.NewTCP(c2, nil)
+	peer2.SetLinger(0)
+	peer2.Close() // a reset
+	bp, n, err = relay.ReadPooled(tc2)
+	var op *net.OpError
+	if !errors.Is(err, syscall.ECONNRESET) || !errors.As(err, &op) || op.Op != "read" || bp != nil || n != 0 {
+		t.Fatalf("after the peer's reset: ReadPooled = %v, %d, %v; want no buffer, 0, a read error with ECONNRESET", bp != nil, n, err)
+	}
+
+	tc2.Close()
+	if _, _, err := relay.ReadPooled(tc2); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("after Close: ReadPooled error %v, want net.ErrClosed", err)
+	}
 }
