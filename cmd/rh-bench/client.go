@@ -189,6 +189,27 @@ func keptConnLatency(c *httpConn, n int) ([]time.Duration, error) {
 	return lat, nil
 }
 
+// pingPong measures n round trips of 16 bytes written to rw and echoed
+// back by its peer.
+func pingPong(rw io.ReadWriter, n int) ([]time.Duration, error) {
+	msg := []byte("0123456789abcdef")
+	buf := make([]byte, len(msg))
+	lat := make([]time.Duration, 0, n)
+	for i := range warmups + n {
+		start := time.Now()
+		if _, err := rw.Write(msg); err != nil {
+			return nil, err
+		}
+		if _, err := io.ReadFull(rw, buf); err != nil {
+			return nil, err
+		}
+		if i >= warmups {
+			lat = append(lat, time.Since(start))
+		}
+	}
+	return lat, nil
+}
+
 // parallelDownload opens k connections with dial, then downloads total/k
 // bytes on each at the same time, and returns how long the downloads took.
 func parallelDownload(ctx context.Context, k int, total int64, dial func(context.Context) (*httpConn, error)) (time.Duration, error) {

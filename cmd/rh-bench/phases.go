@@ -165,6 +165,15 @@ func baselineRun(ctx context.Context, b *bench, r *runRecorder) error {
 		return fmt.Errorf("direct: %w", err)
 	}
 	r.latency("direct.new", "direct TCP: connect + GET /small + close", lat)
+	echo, err := dialDirect(ctx, b.origin.echo)
+	if err != nil {
+		return err
+	}
+	defer echo.Close()
+	if lat, err = pingPong(echo, b.cfg.LatencyN); err != nil {
+		return fmt.Errorf("direct echo: %w", err)
+	}
+	r.latency("direct.rtt", "direct TCP: 16-byte echo round trip", lat)
 
 	q, err := b.startQUICPair(ctx)
 	if err != nil {
@@ -194,6 +203,10 @@ func baselineRun(ctx context.Context, b *bench, r *runRecorder) error {
 	if drops1, err := udpDrops(); err == nil {
 		r.add("quic.udp_drops", "raw QUIC, 1 stream: UDP receive buffer drops (host)", "count", float64(drops1-drops0))
 	}
+	if lat, err = q.ping(ctx, b.cfg.LatencyN); err != nil {
+		return err
+	}
+	r.latency("quic.rtt", "raw QUIC: 16-byte echo round trip", lat)
 	took, err = q.do(ctx, "send", down, 8)
 	if err != nil {
 		return err
@@ -285,6 +298,16 @@ func latencyRun(ctx context.Context, b *bench, r *runRecorder) error {
 		return fmt.Errorf("kept tunnel: %w", err)
 	}
 	r.latency("tunnel.kept", "in one tunnel: GET /small (keep-alive)", lat)
+
+	echo, err := dialTunnel(ctx, p.httpAddr, agentID, b.origin.echo)
+	if err != nil {
+		return err
+	}
+	defer echo.Close()
+	if lat, err = pingPong(echo, b.cfg.LatencyN); err != nil {
+		return fmt.Errorf("tunnel echo: %w", err)
+	}
+	r.latency("tunnel.rtt", "in one tunnel: 16-byte echo round trip", lat)
 	return nil
 }
 

@@ -162,6 +162,18 @@ func serveQUICStream(s *quic.Stream) {
 			s.CancelRead(1)
 			return
 		}
+	case 'e':
+		for {
+			k, err := s.Read(buf)
+			if k > 0 {
+				if _, err := s.Write(buf[:k]); err != nil {
+					return
+				}
+			}
+			if err != nil {
+				break
+			}
+		}
 	}
 	s.Close()
 }
@@ -194,6 +206,13 @@ func quicClientMain(args []string) error {
 			took time.Duration
 		)
 		_, err := fmt.Sscan(sc.Text(), &op, &n, &k)
+		if err == nil && op == "ping" {
+			var lat []time.Duration
+			if lat, err = quicPing(conn, int(n)); err == nil {
+				fmt.Printf("ok%s\n", formatDurations(lat))
+				continue
+			}
+		}
 		if err == nil {
 			took, err = quicTransfer(conn, op, n, k)
 		}
@@ -204,6 +223,42 @@ func quicClientMain(args []string) error {
 		fmt.Printf("ok %d\n", took.Nanoseconds())
 	}
 	return sc.Err()
+}
+
+// quicPing measures n round trips of 16 bytes on a new stream that the
+// server echoes.
+func quicPing(conn *quic.Conn, n int) ([]time.Duration, error) {
+	s, err := conn.OpenStreamSync(conn.Context())
+	if err != nil {
+		return nil, err
+	}
+	defer s.CancelRead(0)
+	defer s.Close()
+	if _, err := s.Write([]byte{'e', 0, 0, 0, 0, 0, 0, 0, 0}); err != nil {
+		return nil, err
+	}
+	return pingPong(s, n)
+}
+
+// formatDurations formats lat as " NS NS ...", parseDurations' input.
+func formatDurations(lat []time.Duration) string {
+	var b strings.Builder
+	for _, d := range lat {
+		fmt.Fprintf(&b, " %d", d.Nanoseconds())
+	}
+	return b.String()
+}
+
+func parseDurations(s string) ([]time.Duration, error) {
+	var lat []time.Duration
+	for f := range strings.FieldsSeq(s) {
+		ns, err := strconv.ParseInt(f, 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("unexpected answer %q", s)
+		}
+		lat = append(lat, time.Duration(ns))
+	}
+	return lat, nil
 }
 
 // quicTransfer runs one send or recv command on conn.
@@ -320,4 +375,19 @@ func (q *quicPair) do(ctx context.Context, op string, n int64, k int) (time.Dura
 		return 0, fmt.Errorf("quic-client: unexpected answer %q", line)
 	}
 	return time.Duration(ns), nil
+}
+
+// ping measures n round trips of 16 bytes on a new stream.
+func (q *quicPair) ping(ctx context.Context, n int) ([]time.Duration, error) {
+	if err := q.client.writeLine(fmt.Sprintf("ping %d 1", n)); err != nil {
+		return nil, fmt.Errorf("quic-client: %w", err)
+	}
+	line, err := q.client.readLine(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("quic-client: %w", err)
+	}
+	if msg, ok := strings.CutPrefix(line, "err "); ok {
+		return nil, fmt.Errorf("quic-client ping: %s", msg)
+	}
+	return parseDurations(strings.TrimPrefix(line, "ok"))
 }

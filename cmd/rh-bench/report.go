@@ -260,6 +260,14 @@ func (rep *report) targets() []target {
 	add("new tunnel p50 / direct connect+GET p50", "x", "<=", 4, v, ok, "")
 	v, ok = rep.ratio("tunnel.kept.p50", "direct.kept.p50")
 	add("in-tunnel request p50 / direct p50", "x", "<=", 4, v, ok, "")
+	v, ok = rep.ratio("quic.rtt.p50", "direct.rtt.p50")
+	add("raw QUIC echo round trip p50 / direct TCP's", "x", "", 0, v, ok, "")
+	// A tunnel's round trip crosses TCP, QUIC and TCP: its floor is the
+	// sum of their round trips, measured alone.
+	tcp, ok1 := rep.median("direct.rtt.p50")
+	quicRTT, ok2 := rep.median("quic.rtt.p50")
+	tun, ok3 := rep.median("tunnel.rtt.p50")
+	add("in-tunnel echo round trip p50 / (2 x TCP + QUIC)", "x", "", 0, tun/(2*tcp+quicRTT), ok1 && ok2 && ok3 && tcp+quicRTT > 0, "")
 
 	needs = []string{"tunnels10k"}
 	v, ok = rep.median("tunnels.open_s")
