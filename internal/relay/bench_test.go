@@ -59,3 +59,61 @@ func BenchmarkJoinTCP(b *testing.B) {
 		b.Fatalf("Result = %+v, sent %d", res, sent)
 	}
 }
+
+// BenchmarkRoundTrip is the latency a relay adds: 16 bytes sent and echoed
+// back over loopback TCP, directly and through a Join (TCP to TCP) or a
+// Join between TCP and a QUIC stream.
+func BenchmarkRoundTrip(b *testing.B) {
+	pingPong := func(b *testing.B, rw io.ReadWriter) {
+		b.Helper()
+		msg, buf := pattern(16), make([]byte, 16)
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := rw.Write(msg); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := io.ReadFull(rw, buf); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	echo := func(rw io.ReadWriter) {
+		buf := make([]byte, 64)
+		for {
+			n, err := rw.Read(buf)
+			if err != nil {
+				return
+			}
+			if _, err := rw.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+	}
+	noDeadline := func(cs ...interface{ SetDeadline(time.Time) error }) {
+		for _, c := range cs {
+			c.SetDeadline(time.Time{})
+		}
+	}
+	b.Run("direct", func(b *testing.B) {
+		client, server := tcpPair(b)
+		noDeadline(client, server)
+		go echo(server)
+		pingPong(b, client)
+	})
+	b.Run("tcp-tcp", func(b *testing.B) {
+		client, a := tcpPair(b)
+		bc, server := tcpPair(b)
+		noDeadline(client, a, bc, server)
+		go echo(server)
+		joinAsync(relay.NewTCP(a, nil), relay.NewTCP(bc, nil))
+		pingPong(b, client)
+	})
+	b.Run("tcp-quic", func(b *testing.B) {
+		client, a := tcpPair(b)
+		local, remote := newStreams(b)
+		noDeadline(client, a)
+		go echo(remote)
+		joinAsync(relay.NewTCP(a, nil), local)
+		pingPong(b, client)
+	})
+}
