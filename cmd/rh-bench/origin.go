@@ -29,6 +29,7 @@ import (
 type origin struct {
 	http string // host:port of the HTTP origin
 	echo string // host:port of the TCP echo server
+	pid  int
 }
 
 // chunk is what /bytes sends and uploads send: zeros, 256 KiB at a time.
@@ -163,5 +164,6 @@ func (b *bench) startOrigin(ctx context.Context) error {
 	if b.origin.http == "" || b.origin.echo == "" {
 		return errors.New("origin: did not print its addresses")
 	}
+	b.origin.pid = p.pid
 	return nil
 }

@@ -185,6 +185,7 @@ func baselineRun(ctx context.Context, b *bench, r *runRecorder) error {
 	if err != nil {
 		return err
 	}
+	host0 := hostTicks()
 	took, err := q.do(ctx, "send", down, 1)
 	if err != nil {
 		return err
@@ -200,6 +201,7 @@ func baselineRun(ctx context.Context, b *bench, r *runRecorder) error {
 		return err
 	}
 	r.add("quic.cpu_per_gib", "raw QUIC, 1 stream: CPU of both ends", "s/GiB", cpuPerGiB(t1-t0, down+up))
+	r.add("quic.host_busy", "raw QUIC, 1 stream: host CPU busy (both cores)", "%", hostTicks().busySince(host0))
 	if drops1, err := udpDrops(); err == nil {
 		r.add("quic.udp_drops", "raw QUIC, 1 stream: UDP receive buffer drops (host)", "count", float64(drops1-drops0))
 	}
@@ -238,6 +240,13 @@ func throughputRun(ctx context.Context, b *bench, r *runRecorder) error {
 	if err != nil {
 		return err
 	}
+	// The rest of the box: this process (the client) and the origin, and
+	// the host's busy share, to show where the two cores go.
+	ends0, err := cpuTotal(os.Getpid(), b.origin.pid)
+	if err != nil {
+		return err
+	}
+	host0 := hostTicks()
 	start := time.Now()
 	if err := c.download(down); err != nil {
 		return fmt.Errorf("tunnel: %w", err)
@@ -256,7 +265,14 @@ func throughputRun(ctx context.Context, b *bench, r *runRecorder) error {
 	if err != nil {
 		return err
 	}
+	ends1, err := cpuTotal(os.Getpid(), b.origin.pid)
+	if err != nil {
+		return err
+	}
+	host1 := hostTicks()
 	r.add("tunnel.cpu_per_gib", "1 tunnel: CPU of proxy+agent", "s/GiB", cpuPerGiB(t2-t0, down+up))
+	r.add("tunnel.cpu_per_gib_ends", "1 tunnel: CPU of client+origin", "s/GiB", cpuPerGiB(ends1-ends0, down+up))
+	r.add("tunnel.host_busy", "1 tunnel: host CPU busy (both cores)", "%", host1.busySince(host0))
 	r.add("tunnel.cpu_per_gib_down", "1 tunnel: CPU of proxy+agent, download", "s/GiB", cpuPerGiB(t1-t0, down))
 	r.add("tunnel.cpu_per_gib_up", "1 tunnel: CPU of proxy+agent, upload", "s/GiB", cpuPerGiB(t2-t1, up))
 	if drops1, err := udpDrops(); err == nil {

@@ -515,26 +515,35 @@ func udpDrops() (int64, error) {
 	return 0, errors.New("/proc/net/snmp: no Udp RcvbufErrors")
 }
 
-// hostBusy is the share of the host's CPU time, in percent, spent on
-// anything but idling and waiting for I/O over d (from /proc/stat).
-func hostBusy(d time.Duration) float64 {
-	sample := func() (busy, total int64) {
-		data, _ := os.ReadFile("/proc/stat")
-		line, _, _ := strings.Cut(string(data), "\n")
-		for i, f := range strings.Fields(line)[1:] {
-			v, _ := strconv.ParseInt(f, 10, 64)
-			total += v
-			if i != 3 && i != 4 { // idle, iowait
-				busy += v
-			}
+// hostCPU is a sample of the host's CPU time from /proc/stat.
+type hostCPU struct{ busy, total int64 }
+
+func hostTicks() hostCPU {
+	var h hostCPU
+	data, _ := os.ReadFile("/proc/stat")
+	line, _, _ := strings.Cut(string(data), "\n")
+	for i, f := range strings.Fields(line)[1:] {
+		v, _ := strconv.ParseInt(f, 10, 64)
+		h.total += v
+		if i != 3 && i != 4 { // idle, iowait
+			h.busy += v
 		}
-		return busy, total
 	}
-	b0, t0 := sample()
-	time.Sleep(d)
-	b1, t1 := sample()
-	if t1 <= t0 {
+	return h
+}
+
+// busySince is the share of the host's CPU time, in percent, spent on
+// anything but idling and waiting for I/O since h0.
+func (h hostCPU) busySince(h0 hostCPU) float64 {
+	if h.total <= h0.total {
 		return 0
 	}
-	return 100 * float64(b1-b0) / float64(t1-t0)
+	return 100 * float64(h.busy-h0.busy) / float64(h.total-h0.total)
+}
+
+// hostBusy is the host's busy share over d.
+func hostBusy(d time.Duration) float64 {
+	h0 := hostTicks()
+	time.Sleep(d)
+	return hostTicks().busySince(h0)
 }
