@@ -122,20 +122,7 @@ func serveEcho(ln net.Listener) error {
 		}
 		go func() {
 			defer c.Close()
-			// A plain loop: io.Copy(c, c) would splice through a pipe,
-			// two more file descriptors per connection.
-			buf := make([]byte, 8*KiB)
-			for {
-				n, err := c.Read(buf)
-				if n > 0 {
-					if _, err := c.Write(buf[:n]); err != nil {
-						return
-					}
-				}
-				if err != nil {
-					return
-				}
-			}
+			echo(c, make([]byte, 8*KiB))
 		}()
 	}
 }
@@ -166,4 +153,21 @@ func (b *bench) startOrigin(ctx context.Context) error {
 	}
 	b.origin.pid = p.pid
 	return nil
+}
+
+// echo writes back what it reads from rw until rw ends or fails. A plain
+// loop: io.Copy(c, c) on a TCP connection would splice through a pipe, two
+// more file descriptors per connection.
+func echo(rw io.ReadWriter, buf []byte) {
+	for {
+		n, err := rw.Read(buf)
+		if n > 0 {
+			if _, err := rw.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
 }

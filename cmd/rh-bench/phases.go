@@ -165,15 +165,11 @@ func baselineRun(ctx context.Context, b *bench, r *runRecorder) error {
 		return fmt.Errorf("direct: %w", err)
 	}
 	r.latency("direct.new", "direct TCP: connect + GET /small + close", lat)
-	echo, err := dialDirect(ctx, b.origin.echo)
-	if err != nil {
+	if err := echoLatency(ctx, b, r, "direct.rtt", "direct TCP: 16-byte echo round trip", func(ctx context.Context) (*httpConn, error) {
+		return dialDirect(ctx, b.origin.echo)
+	}); err != nil {
 		return err
 	}
-	defer echo.Close()
-	if lat, err = pingPong(echo, b.cfg.LatencyN); err != nil {
-		return fmt.Errorf("direct echo: %w", err)
-	}
-	r.latency("direct.rtt", "direct TCP: 16-byte echo round trip", lat)
 
 	q, err := b.startQUICPair(ctx)
 	if err != nil {
@@ -315,15 +311,24 @@ func latencyRun(ctx context.Context, b *bench, r *runRecorder) error {
 	}
 	r.latency("tunnel.kept", "in one tunnel: GET /small (keep-alive)", lat)
 
-	echo, err := dialTunnel(ctx, p.httpAddr, agentID, b.origin.echo)
+	return echoLatency(ctx, b, r, "tunnel.rtt", "in one tunnel: 16-byte echo round trip", func(ctx context.Context) (*httpConn, error) {
+		return dialTunnel(ctx, p.httpAddr, agentID, b.origin.echo)
+	})
+}
+
+// echoLatency records 16-byte round trips to the origin's echo server over
+// one connection from dial.
+func echoLatency(ctx context.Context, b *bench, r *runRecorder, key, name string, dial func(context.Context) (*httpConn, error)) error {
+	c, err := dial(ctx)
 	if err != nil {
-		return err
+		return fmt.Errorf("%s: %w", name, err)
 	}
-	defer echo.Close()
-	if lat, err = pingPong(echo, b.cfg.LatencyN); err != nil {
-		return fmt.Errorf("tunnel echo: %w", err)
+	defer c.Close()
+	lat, err := pingPong(c, b.cfg.LatencyN)
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
 	}
-	r.latency("tunnel.rtt", "in one tunnel: 16-byte echo round trip", lat)
+	r.latency(key, name, lat)
 	return nil
 }
 

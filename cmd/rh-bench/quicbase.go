@@ -163,17 +163,7 @@ func serveQUICStream(s *quic.Stream) {
 			return
 		}
 	case 'e':
-		for {
-			k, err := s.Read(buf)
-			if k > 0 {
-				if _, err := s.Write(buf[:k]); err != nil {
-					return
-				}
-			}
-			if err != nil {
-				break
-			}
-		}
+		echo(s, buf)
 	}
 	s.Close()
 }
