@@ -182,6 +182,7 @@ func agentsRun(ctx context.Context, b *bench, r *runRecorder) error {
 	r.add("agents.rss_per_agent_burst", fmt.Sprintf("%d agents: proxy RSS per agent right after connecting", n), "KB", float64(after-before)/1e3/float64(connected))
 
 	self := os.Getpid()
+	profiled := b.cpuProfile(ctx, r, "idle", b.cfg.Idle-time.Second, proxy)
 	p0, err1 := cpuTicks(proxy.pid)
 	s0, err2 := cpuTicks(self)
 	select {
@@ -191,6 +192,8 @@ func agentsRun(ctx context.Context, b *bench, r *runRecorder) error {
 	}
 	p1, err3 := cpuTicks(proxy.pid)
 	s1, err4 := cpuTicks(self)
+	profiled()
+	b.heapProfile(ctx, r, "idle", proxy)
 	for _, err := range []error{err1, err2, err3, err4} {
 		if err != nil {
 			return err

@@ -129,7 +129,7 @@ func serveEcho(ln net.Listener) error {
 
 // startOrigin starts the origin helper and reads its addresses.
 func (b *bench) startOrigin(ctx context.Context) error {
-	p, err := b.procs.start("origin", true, b.self, "origin")
+	p, err := b.procs.start("origin", true, nil, b.self, "origin")
 	if err != nil {
 		return err
 	}

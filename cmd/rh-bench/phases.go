@@ -40,6 +40,11 @@ func (b *bench) setup(ctx context.Context) error {
 			return fmt.Errorf("build (run rh-bench from the repository root, or pass -bin): %w", err)
 		}
 	}
+	if b.cfg.PprofDir != "" {
+		if err := os.MkdirAll(b.cfg.PprofDir, 0o755); err != nil {
+			return err
+		}
+	}
 	b.certs = filepath.Join(b.dir, "certs")
 	if err := runCmd(ctx, b.bin, "certs", "--dir", b.certs); err != nil {
 		return err
@@ -108,7 +113,7 @@ func (b *bench) runPhase(parent context.Context, ph phase) {
 	done := 0
 	for i := range b.cfg.Runs {
 		fmt.Fprintf(os.Stderr, "== %s, run %d of %d\n", ph.name, i+1, b.cfg.Runs)
-		r := &runRecorder{rep: b.rep, phase: ph.name}
+		r := &runRecorder{rep: b.rep, phase: ph.name, run: i}
 		err := ph.run(ctx, b, r)
 		if err != nil && ctx.Err() != nil {
 			err = fmt.Errorf("%w (%v)", context.Cause(ctx), err)
@@ -243,6 +248,7 @@ func throughputRun(ctx context.Context, b *bench, r *runRecorder) error {
 		return err
 	}
 	host0 := hostTicks()
+	profiled := b.cpuProfile(ctx, r, "download", 3*time.Second, p.proxy, p.agent)
 	start := time.Now()
 	if err := c.download(down); err != nil {
 		return fmt.Errorf("tunnel: %w", err)
@@ -252,6 +258,7 @@ func throughputRun(ctx context.Context, b *bench, r *runRecorder) error {
 	if err != nil {
 		return err
 	}
+	profiled() // between the measurements: a short download waits here
 	start = time.Now()
 	if err := c.upload(up); err != nil {
 		return fmt.Errorf("tunnel: %w", err)
@@ -294,21 +301,30 @@ func latencyRun(ctx context.Context, b *bench, r *runRecorder) error {
 	tunnel := func(ctx context.Context) (*httpConn, error) {
 		return dialTunnel(ctx, p.httpAddr, agentID, b.origin.http)
 	}
+	// CPU and datagrams per tunnel and per request say what a tunnel
+	// costs, and that the latency is mostly the processes' work on the
+	// packets (see docs/benchmarks.md).
+	profiled := b.cpuProfile(ctx, r, "new-tunnels", 2*time.Second, p.proxy, p.agent)
+	cost := p.startCost()
 	lat, err := newConnLatency(ctx, b.cfg.LatencyN, tunnel)
 	if err != nil {
 		return fmt.Errorf("new tunnels: %w", err)
 	}
+	cost.record(r, "tunnel.new", "new tunnel", len(lat)+warmups)
 	r.latency("tunnel.new", "new tunnel: CONNECT + GET /small + close", lat)
+	profiled()
 
 	c, err := tunnel(ctx)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
+	cost = p.startCost()
 	lat, err = keptConnLatency(c, b.cfg.LatencyN)
 	if err != nil {
 		return fmt.Errorf("kept tunnel: %w", err)
 	}
+	cost.record(r, "tunnel.kept", "in one tunnel: GET /small", len(lat)+warmups)
 	r.latency("tunnel.kept", "in one tunnel: GET /small (keep-alive)", lat)
 
 	return echoLatency(ctx, b, r, "tunnel.rtt", "in one tunnel: 16-byte echo round trip", func(ctx context.Context) (*httpConn, error) {
@@ -393,6 +409,7 @@ func tunnelsRun(ctx context.Context, b *bench, r *runRecorder) error {
 		case <-time.After(b.cfg.Hold):
 		}
 	}
+	b.heapProfile(ctx, r, "open", p.proxy, p.agent)
 	peak := rss.end()
 	r.add("tunnels.echoed", fmt.Sprintf("%d tunnels: echoed", n), "count", float64(echoed.Load()))
 	r.add("tunnels.rss_proxy", fmt.Sprintf("%d tunnels: peak RSS proxy", n), "MB", float64(peak[p.proxy.pid])/1e6)
@@ -405,4 +422,35 @@ func tunnelsRun(ctx context.Context, b *bench, r *runRecorder) error {
 		return fmt.Errorf("echo: %w", echoErr)
 	}
 	return nil
+}
+
+// cost is the CPU time of proxy and agent and the UDP datagrams the host
+// sent, from a start, to divide by what was done meanwhile.
+type cost struct {
+	p      *pair
+	cpu    int64 // ticks
+	udp    int64
+	cpuErr error
+	udpErr error
+}
+
+func (p *pair) startCost() cost {
+	c := cost{p: p}
+	c.cpu, c.cpuErr = cpuTotal(p.pids()...)
+	c.udp, c.udpErr = udpSent()
+	return c
+}
+
+// record adds the CPU of proxy+agent (µs) and the datagrams sent per one
+// of n operations.
+func (c cost) record(r *runRecorder, key, name string, n int) {
+	if n == 0 {
+		return
+	}
+	if cpu, err := cpuTotal(c.p.pids()...); c.cpuErr == nil && err == nil {
+		r.add(key+".cpu", name+": CPU of proxy+agent per op", "µs", float64(cpu-c.cpu)/clockTicks*1e6/float64(n))
+	}
+	if udp, err := udpSent(); c.udpErr == nil && err == nil {
+		r.add(key+".datagrams", name+": UDP datagrams sent per op (host)", "count", float64(udp-c.udp)/float64(n))
+	}
 }

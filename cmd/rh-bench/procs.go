@@ -29,6 +29,8 @@ type proc struct {
 
 	done chan struct{} // closed when it has exited
 	err  error         // why it exited, once done is closed
+
+	metrics string // its metrics listener (with -pprof), or ""
 }
 
 // procSet starts child processes and stops them by PID.
@@ -45,10 +47,11 @@ func newProcSet(dir string) *procSet {
 	return &procSet{dir: dir, live: map[*proc]bool{}}
 }
 
-// start runs path with args. With piped, the child's stdin and stdout are
+// start runs path with args and extra environment env (NAME=VALUE
+// words). With piped, the child's stdin and stdout are
 // pipes to us (helpers read commands and print their addresses there);
 // otherwise they are /dev/null. Stderr goes to a log file.
-func (s *procSet) start(name string, piped bool, path string, args ...string) (*proc, error) {
+func (s *procSet) start(name string, piped bool, env []string, path string, args ...string) (*proc, error) {
 	s.mu.Lock()
 	s.seq++
 	logPath := filepath.Join(s.dir, fmt.Sprintf("%03d-%s.log", s.seq, name))
@@ -62,6 +65,9 @@ func (s *procSet) start(name string, piped bool, path string, args ...string) (*
 	p := &proc{name: name, log: logPath, done: make(chan struct{})}
 	p.cmd = exec.Command(path, args...)
 	p.cmd.Stderr = logFile
+	if len(env) > 0 {
+		p.cmd.Env = append(os.Environ(), env...)
+	}
 	p.cmd.SysProcAttr = childSysProcAttr()
 	var childIn, childOut *os.File
 	if piped {
@@ -413,15 +419,21 @@ func (b *bench) startProxy(ctx context.Context) (proxy *proc, httpAddr, agentAdd
 		}
 		httpAddr = fmt.Sprintf("127.0.0.1:%d", httpPort)
 		agentAddr = fmt.Sprintf("127.0.0.1:%d", udpPort)
-		proxy, err = b.procs.start("proxy", false, b.bin, append([]string{"proxy",
+		mflags, maddr, err := b.metricsFlag()
+		if err != nil {
+			return nil, "", "", err
+		}
+		flags := append([]string{"proxy",
 			"--agent-server.tls.file.cert=" + filepath.Join(b.certs, "proxy.pem"),
 			"--agent-server.tls.file.key=" + filepath.Join(b.certs, "proxy-key.pem"),
 			"--http-proxy.listen-address=" + httpAddr,
 			"--agent-server.listen-address=" + agentAddr,
-			"--log.level=" + b.cfg.LogLevel}, strings.Fields(b.cfg.ProxyFlags)...)...)
+			"--log.level=" + b.cfg.LogLevel}, mflags...)
+		proxy, err = b.procs.start("proxy", false, strings.Fields(b.cfg.Env), b.bin, append(flags, strings.Fields(b.cfg.ProxyFlags)...)...)
 		if err != nil {
 			return nil, "", "", err
 		}
+		proxy.metrics = maddr
 		err = waitFor(ctx, 10*time.Second,
 			func() error {
 				if proxy.exited() {
@@ -454,15 +466,22 @@ func (b *bench) startPair(ctx context.Context) (*pair, error) {
 	if err != nil {
 		return nil, err
 	}
-	agent, err := b.procs.start("agent", false, b.bin, append([]string{"agent",
-		"--auth.noauth.agent-id=" + agentID,
-		"--agent-client.server-address=" + agentAddr,
-		"--agent-client.tls.file.root-ca=" + filepath.Join(b.certs, "ca.pem"),
-		"--log.level=" + b.cfg.LogLevel}, strings.Fields(b.cfg.AgentFlags)...)...)
+	mflags, maddr, err := b.metricsFlag()
 	if err != nil {
 		proxy.stop(5 * time.Second)
 		return nil, err
 	}
+	flags := append([]string{"agent",
+		"--auth.noauth.agent-id=" + agentID,
+		"--agent-client.server-address=" + agentAddr,
+		"--agent-client.tls.file.root-ca=" + filepath.Join(b.certs, "ca.pem"),
+		"--log.level=" + b.cfg.LogLevel}, mflags...)
+	agent, err := b.procs.start("agent", false, strings.Fields(b.cfg.Env), b.bin, append(flags, strings.Fields(b.cfg.AgentFlags)...)...)
+	if err != nil {
+		proxy.stop(5 * time.Second)
+		return nil, err
+	}
+	agent.metrics = maddr
 	p := &pair{proxy: proxy, agent: agent, httpAddr: httpAddr, agentAddr: agentAddr}
 	err = waitFor(ctx, 15*time.Second,
 		func() error {
@@ -491,7 +510,15 @@ func (b *bench) startPair(ctx context.Context) (*pair, error) {
 // receive buffer was full (RcvbufErrors in /proc/net/snmp). It covers
 // every process in the network namespace, so take differences over a
 // measurement and read them as a hint.
-func udpDrops() (int64, error) {
+func udpDrops() (int64, error) { return udpStat("RcvbufErrors") }
+
+// udpSent is the host's count of UDP datagrams sent (OutDatagrams; a
+// GSO send of several packets counts once), for differences like
+// udpDrops'.
+func udpSent() (int64, error) { return udpStat("OutDatagrams") }
+
+// udpStat reads one of the Udp counters of /proc/net/snmp.
+func udpStat(name string) (int64, error) {
 	data, err := os.ReadFile("/proc/net/snmp")
 	if err != nil {
 		return 0, err
@@ -507,12 +534,12 @@ func udpDrops() (int64, error) {
 			continue
 		}
 		for i, v := range strings.Fields(fields) {
-			if i < len(names) && names[i] == "RcvbufErrors" {
+			if i < len(names) && names[i] == name {
 				return strconv.ParseInt(v, 10, 64)
 			}
 		}
 	}
-	return 0, errors.New("/proc/net/snmp: no Udp RcvbufErrors")
+	return 0, errors.New("/proc/net/snmp: no Udp " + name)
 }
 
 // hostCPU is a sample of the host's CPU time from /proc/stat.

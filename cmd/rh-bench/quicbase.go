@@ -322,7 +322,7 @@ func (q *quicPair) stop() {
 }
 
 func (b *bench) startQUICPair(ctx context.Context) (*quicPair, error) {
-	server, err := b.procs.start("quic-server", true, b.self, "quic-server", "-certs", b.certs)
+	server, err := b.procs.start("quic-server", true, strings.Fields(b.cfg.Env), b.self, "quic-server", "-certs", b.certs)
 	if err != nil {
 		return nil, err
 	}
@@ -334,7 +334,7 @@ func (b *bench) startQUICPair(ctx context.Context) (*quicPair, error) {
 		server.stop(time.Second)
 		return nil, fmt.Errorf("quic-server: %q, %v", line, err)
 	}
-	client, err := b.procs.start("quic-client", true, b.self, "quic-client", "-server", addr, "-certs", b.certs)
+	client, err := b.procs.start("quic-client", true, strings.Fields(b.cfg.Env), b.self, "quic-client", "-server", addr, "-certs", b.certs)
 	if err != nil {
 		server.stop(time.Second)
 		return nil, err

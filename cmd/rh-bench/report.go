@@ -101,7 +101,8 @@ func newReport(cfg config) *report {
 			"download_bytes": cfg.Download, "upload_bytes": cfg.Upload,
 			"tunnels": cfg.Tunnels, "agents": cfg.Agents, "latency_n": cfg.LatencyN,
 			"inflight": cfg.Inflight, "idle": cfg.Idle.String(), "quick": cfg.Quick,
-			"log_level": cfg.LogLevel,
+			"log_level": cfg.LogLevel, "env": cfg.Env, "proxy_flags": cfg.ProxyFlags,
+			"agent_flags": cfg.AgentFlags,
 		},
 		Errors: []string{},
 		Notes:  []string{},
@@ -114,6 +115,7 @@ func newReport(cfg config) *report {
 type runRecorder struct {
 	rep   *report
 	phase string
+	run   int // 0 for the first run
 }
 
 // add records one figure and prints it as progress.
@@ -313,6 +315,9 @@ func (rep *report) printTable(w io.Writer) {
 		h.OS, h.Arch, h.CPUs, h.BusyAtStart, h.Kernel, h.Go)
 	fmt.Fprintf(w, "sizes: download %s, upload %s, tunnels %d, agents %d, latency-n %d, idle %s; %d runs per phase, median [min max]\n",
 		formatSize(cfg.Download), formatSize(cfg.Upload), cfg.Tunnels, cfg.Agents, cfg.LatencyN, cfg.Idle, cfg.Runs)
+	if cfg.Env != "" || cfg.ProxyFlags != "" || cfg.AgentFlags != "" {
+		fmt.Fprintf(w, "settings: -env %q -proxy-flags %q -agent-flags %q\n", cfg.Env, cfg.ProxyFlags, cfg.AgentFlags)
+	}
 	nf := rep.NoFile
 	fmt.Fprintf(w, "RLIMIT_NOFILE: %d (hard %d)", nf.Soft, nf.Hard)
 	switch {
