@@ -82,6 +82,7 @@ func main() {
 		helpers := map[string]func([]string) error{
 			"origin":      originMain,
 			"quic-server": quicServerMain,
+			"tcp-relay":   tcpRelayMain,
 			"quic-client": quicClientMain,
 		}
 		if fn, ok := helpers[os.Args[1]]; ok {

@@ -176,6 +176,10 @@ func baselineRun(ctx context.Context, b *bench, r *runRecorder) error {
 		return err
 	}
 
+	if err := chainRun(ctx, b, r); err != nil {
+		return err
+	}
+
 	q, err := b.startQUICPair(ctx)
 	if err != nil {
 		return err
@@ -216,6 +220,35 @@ func baselineRun(ctx context.Context, b *bench, r *runRecorder) error {
 	}
 	r.add("quic.download8", "raw QUIC, 8 streams: aggregate client→server", "MB/s", mbps(down/8*8, took))
 	return nil
+}
+
+// chainRun measures GETs and echo round trips through two TCP relay
+// processes: the tunnel's four-process path without QUIC.
+func chainRun(ctx context.Context, b *bench, r *runRecorder) error {
+	ch, err := b.startChain(ctx)
+	if err != nil {
+		return err
+	}
+	defer ch.stop()
+	dial := func(ctx context.Context) (*httpConn, error) { return dialDirect(ctx, ch.http) }
+	c, err := dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	lat, err := keptConnLatency(c, b.cfg.LatencyN)
+	if err != nil {
+		return fmt.Errorf("TCP relay chain: %w", err)
+	}
+	r.latency("chain.kept", "TCP relay chain: GET /small on one connection", lat)
+	lat, err = newConnLatency(ctx, b.cfg.LatencyN, dial)
+	if err != nil {
+		return fmt.Errorf("TCP relay chain: %w", err)
+	}
+	r.latency("chain.new", "TCP relay chain: connect + GET /small + close", lat)
+	return echoLatency(ctx, b, r, "chain.rtt", "TCP relay chain: 16-byte echo round trip", func(ctx context.Context) (*httpConn, error) {
+		return dialDirect(ctx, ch.echo)
+	})
 }
 
 // throughputRun measures one tunnel downloading and uploading, with the

@@ -270,6 +270,14 @@ func (rep *report) targets() []target {
 	quicRTT, ok2 := rep.median("quic.rtt.p50")
 	tun, ok3 := rep.median("tunnel.rtt.p50")
 	add("in-tunnel echo round trip p50 / (2 x TCP + QUIC)", "x", "", 0, tun/(2*tcp+quicRTT), ok1 && ok2 && ok3 && tcp+quicRTT > 0, "")
+	// The same four processes with TCP relays instead of proxy and agent:
+	// what the topology alone costs on this machine.
+	v, ok = rep.ratio("tunnel.new.p50", "chain.new.p50")
+	add("new tunnel p50 / TCP relay chain's connect+GET", "x", "", 0, v, ok, "")
+	v, ok = rep.ratio("tunnel.kept.p50", "chain.kept.p50")
+	add("in-tunnel request p50 / TCP relay chain's", "x", "", 0, v, ok, "")
+	v, ok = rep.ratio("tunnel.rtt.p50", "chain.rtt.p50")
+	add("in-tunnel echo round trip p50 / TCP relay chain's", "x", "", 0, v, ok, "")
 
 	needs = []string{"tunnels10k"}
 	v, ok = rep.median("tunnels.open_s")
