@@ -40,25 +40,18 @@ func tcpRelayMain(args []string) error {
 }
 
 func relayTo(ln net.Listener, target string) error {
-	for {
-		c, err := ln.Accept()
+	return serveConns(ln, func(c net.Conn) {
+		d, err := net.Dial("tcp", target)
 		if err != nil {
-			return err
+			return
 		}
+		defer d.Close()
 		go func() {
-			defer c.Close()
-			d, err := net.Dial("tcp", target)
-			if err != nil {
-				return
-			}
-			defer d.Close()
-			go func() {
-				io.Copy(d, c)
-				d.(*net.TCPConn).CloseWrite()
-			}()
-			io.Copy(c, d)
+			io.Copy(d, c)
+			d.(*net.TCPConn).CloseWrite()
 		}()
-	}
+		io.Copy(c, d)
+	})
 }
 
 // chain is a running client-side relay of a two-relay chain: its HTTP

@@ -115,6 +115,12 @@ func discard(r io.Reader, buf []byte) (int64, error) {
 }
 
 func serveEcho(ln net.Listener) error {
+	return serveConns(ln, func(c net.Conn) { echo(c, make([]byte, 8*KiB)) })
+}
+
+// serveConns runs handle on every connection ln accepts, each in a
+// goroutine of its own, and closes it after.
+func serveConns(ln net.Listener, handle func(net.Conn)) error {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -122,7 +128,7 @@ func serveEcho(ln net.Listener) error {
 		}
 		go func() {
 			defer c.Close()
-			echo(c, make([]byte, 8*KiB))
+			handle(c)
 		}()
 	}
 }
