@@ -248,22 +248,31 @@ func cpuTicks(pid int) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	// The command name, field 2, is in parentheses and may hold spaces.
-	s := string(data)
+	t, err := parseStatTicks(string(data))
+	if err != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	}
+	return t, nil
+}
+
+// parseStatTicks returns utime + stime of a /proc/PID/stat line.
+func parseStatTicks(s string) (int64, error) {
+	// The command name, field 2, is in parentheses and may hold spaces
+	// and parentheses: the fields start after the last ')'.
 	i := strings.LastIndexByte(s, ')')
 	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: no ')'", pid)
+		return 0, errors.New("no ')'")
 	}
 	f := strings.Fields(s[i+1:]) // f[0] is field 3 (state)
 	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f)+2)
+		return 0, fmt.Errorf("%d fields", len(f)+2)
 	}
-	utime, err1 := strconv.ParseInt(f[11], 10, 64) // field 14
-	stime, err2 := strconv.ParseInt(f[12], 10, 64) // field 15
+	utime, err1 := strconv.ParseUint(f[11], 10, 63) // field 14
+	stime, err2 := strconv.ParseUint(f[12], 10, 63) // field 15
 	if err := errors.Join(err1, err2); err != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+		return 0, err
 	}
-	return utime + stime, nil
+	return int64(utime + stime), nil
 }
 
 // cpuTotal is the CPU time of several processes together.
@@ -523,8 +532,14 @@ func udpStat(name string) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
+	return parseUDPStat(string(data), name)
+}
+
+// parseUDPStat finds the Udp counter name in the text of /proc/net/snmp:
+// a "Udp:" line of names, then one of values.
+func parseUDPStat(data, name string) (int64, error) {
 	var names []string
-	for _, line := range strings.Split(string(data), "\n") {
+	for _, line := range strings.Split(data, "\n") {
 		fields, ok := strings.CutPrefix(line, "Udp: ")
 		if !ok {
 			continue
