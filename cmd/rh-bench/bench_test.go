@@ -21,9 +21,10 @@ func TestParseStatTicks(t *testing.T) {
 	for _, bad := range []string{
 		"",
 		"4242 rh-bench S 1 2 3", // no ')'
-		"4242 (rh) S 1 4242 4242 0 -1 4194560 100",                // too few fields
-		"4242 (rh) S 1 4242 4242 0 -1 4194560 100 0 0 0 -5 34 0",  // negative
-		"4242 (rh) S 1 4242 4242 0 -1 4194560 100 0 0 0 12x 34 0", // not a number
+		"4242 (rh) S 1 4242 4242 0 -1 4194560 100",                               // too few fields
+		"4242 (rh) S 1 4242 4242 0 -1 4194560 100 0 0 0 -5 34 0",                 // negative
+		"4242 (rh) S 1 4242 4242 0 -1 4194560 100 0 0 0 12x 34 0",                // not a number
+		"4242 (rh) S 1 4242 4242 0 -1 4194560 100 0 0 0 9223372036854775807 1 0", // overflows
 	} {
 		if v, err := parseStatTicks(bad); err == nil {
 			t.Errorf("parseStatTicks(%q) = %d, want an error", bad, v)
@@ -186,4 +187,22 @@ func TestTargets(t *testing.T) {
 	for name := range want {
 		t.Errorf("target %q not reported", name)
 	}
+}
+
+func FuzzParseStatTicks(f *testing.F) {
+	f.Add("4242 (rh bench) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 1200 34 0 0 20 0 9 0 123 4096 10 1\n")
+	f.Add("1 (a) S")
+	f.Fuzz(func(t *testing.T, s string) {
+		if v, err := parseStatTicks(s); err == nil && v < 0 {
+			t.Fatalf("parseStatTicks(%q) = %d", s, v)
+		}
+	})
+}
+
+func FuzzParseUDPStat(f *testing.F) {
+	f.Add(snmp, "OutDatagrams")
+	f.Add("Udp: a b\nUdp: 1\n", "b")
+	f.Fuzz(func(t *testing.T, data, name string) {
+		parseUDPStat(data, name) // must not panic
+	})
 }

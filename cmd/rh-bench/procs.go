@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"os/exec"
@@ -271,6 +272,9 @@ func parseStatTicks(s string) (int64, error) {
 	stime, err2 := strconv.ParseUint(f[12], 10, 63) // field 15
 	if err := errors.Join(err1, err2); err != nil {
 		return 0, err
+	}
+	if utime > math.MaxInt64-stime {
+		return 0, errors.New("utime + stime overflows")
 	}
 	return int64(utime + stime), nil
 }
