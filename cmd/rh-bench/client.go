@@ -150,40 +150,48 @@ func (h *httpConn) small(buf []byte) error {
 // warmups is how many untimed samples precede each latency measurement.
 const warmups = 20
 
-// newConnLatency times n sequential connections opened with dial, each
-// doing one GET /small and closing.
-func newConnLatency(ctx context.Context, n int, dial func(context.Context) (*httpConn, error)) ([]time.Duration, error) {
+// newConnLatency times n sequential connections opened with each of
+// dials, each doing one GET /small and closing. With several dials their
+// samples alternate, so that each sees the machine in the same state and
+// their ratio is not skewed by what the box did meanwhile; lat[i] holds
+// dials[i]'s.
+func newConnLatency(ctx context.Context, n int, dials ...func(context.Context) (*httpConn, error)) (lat [][]time.Duration, err error) {
 	buf := make([]byte, 4*KiB)
-	lat := make([]time.Duration, 0, n)
+	lat = make([][]time.Duration, len(dials))
 	for i := range warmups + n {
-		start := time.Now()
-		c, err := dial(ctx)
-		if err != nil {
-			return nil, err
-		}
-		err = c.small(buf)
-		c.Close()
-		if err != nil {
-			return nil, err
-		}
-		if i >= warmups {
-			lat = append(lat, time.Since(start))
+		for j, dial := range dials {
+			start := time.Now()
+			c, err := dial(ctx)
+			if err != nil {
+				return nil, err
+			}
+			err = c.small(buf)
+			c.Close()
+			if err != nil {
+				return nil, err
+			}
+			if i >= warmups {
+				lat[j] = append(lat[j], time.Since(start))
+			}
 		}
 	}
 	return lat, nil
 }
 
-// keptConnLatency times n sequential GET /small on c.
-func keptConnLatency(c *httpConn, n int) ([]time.Duration, error) {
+// keptConnLatency times n sequential GET /small on each of conns,
+// alternating like newConnLatency; lat[i] holds conns[i]'s.
+func keptConnLatency(n int, conns ...*httpConn) (lat [][]time.Duration, err error) {
 	buf := make([]byte, 4*KiB)
-	lat := make([]time.Duration, 0, n)
+	lat = make([][]time.Duration, len(conns))
 	for i := range warmups + n {
-		start := time.Now()
-		if err := c.small(buf); err != nil {
-			return nil, err
-		}
-		if i >= warmups {
-			lat = append(lat, time.Since(start))
+		for j, c := range conns {
+			start := time.Now()
+			if err := c.small(buf); err != nil {
+				return nil, err
+			}
+			if i >= warmups {
+				lat[j] = append(lat[j], time.Since(start))
+			}
 		}
 	}
 	return lat, nil

@@ -160,16 +160,16 @@ func baselineRun(ctx context.Context, b *bench, r *runRecorder) error {
 		return fmt.Errorf("direct: %w", err)
 	}
 	r.add("direct.upload", "direct TCP: upload "+formatSize(up), "MB/s", mbps(up, time.Since(start)))
-	lat, err := keptConnLatency(c, b.cfg.LatencyN)
+	lat, err := keptConnLatency(b.cfg.LatencyN, c)
 	if err != nil {
 		return fmt.Errorf("direct: %w", err)
 	}
-	r.latency("direct.kept", "direct TCP: GET /small on one connection", lat)
+	r.latency("direct.kept", "direct TCP: GET /small on one connection", lat[0])
 	lat, err = newConnLatency(ctx, b.cfg.LatencyN, direct)
 	if err != nil {
 		return fmt.Errorf("direct: %w", err)
 	}
-	r.latency("direct.new", "direct TCP: connect + GET /small + close", lat)
+	r.latency("direct.new", "direct TCP: connect + GET /small + close", lat[0])
 	if err := echoLatency(ctx, b, r, "direct.rtt", "direct TCP: 16-byte echo round trip", func(ctx context.Context) (*httpConn, error) {
 		return dialDirect(ctx, b.origin.echo)
 	}); err != nil {
@@ -210,10 +210,11 @@ func baselineRun(ctx context.Context, b *bench, r *runRecorder) error {
 	if drops1, err := udpDrops(); err == nil {
 		r.add("quic.udp_drops", "raw QUIC, 1 stream: UDP receive buffer drops (host)", "count", float64(drops1-drops0))
 	}
-	if lat, err = q.ping(ctx, b.cfg.LatencyN); err != nil {
+	rtt, err := q.ping(ctx, b.cfg.LatencyN)
+	if err != nil {
 		return err
 	}
-	r.latency("quic.rtt", "raw QUIC: 16-byte echo round trip", lat)
+	r.latency("quic.rtt", "raw QUIC: 16-byte echo round trip", rtt)
 	took, err = q.do(ctx, "send", down, 8)
 	if err != nil {
 		return err
@@ -236,16 +237,16 @@ func chainRun(ctx context.Context, b *bench, r *runRecorder) error {
 		return err
 	}
 	defer c.Close()
-	lat, err := keptConnLatency(c, b.cfg.LatencyN)
+	lat, err := keptConnLatency(b.cfg.LatencyN, c)
 	if err != nil {
 		return fmt.Errorf("TCP relay chain: %w", err)
 	}
-	r.latency("chain.kept", "TCP relay chain: GET /small on one connection", lat)
+	r.latency("chain.kept", "TCP relay chain: GET /small on one connection", lat[0])
 	lat, err = newConnLatency(ctx, b.cfg.LatencyN, dial)
 	if err != nil {
 		return fmt.Errorf("TCP relay chain: %w", err)
 	}
-	r.latency("chain.new", "TCP relay chain: connect + GET /small + close", lat)
+	r.latency("chain.new", "TCP relay chain: connect + GET /small + close", lat[0])
 	return echoLatency(ctx, b, r, "chain.rtt", "TCP relay chain: 16-byte echo round trip", func(ctx context.Context) (*httpConn, error) {
 		return dialDirect(ctx, ch.echo)
 	})
@@ -324,7 +325,9 @@ func throughputRun(ctx context.Context, b *bench, r *runRecorder) error {
 }
 
 // latencyRun measures new tunnels (CONNECT + GET /small + close) one after
-// another, and requests inside one kept tunnel.
+// another, and requests inside one kept tunnel, each alternating with the
+// same operation over direct TCP: the targets are the ratios of these
+// pairs, measured under the same conditions.
 func latencyRun(ctx context.Context, b *bench, r *runRecorder) error {
 	p, err := b.startPair(ctx)
 	if err != nil {
@@ -334,17 +337,20 @@ func latencyRun(ctx context.Context, b *bench, r *runRecorder) error {
 	tunnel := func(ctx context.Context) (*httpConn, error) {
 		return dialTunnel(ctx, p.httpAddr, agentID, b.origin.http)
 	}
+	direct := func(ctx context.Context) (*httpConn, error) { return dialDirect(ctx, b.origin.http) }
 	// CPU and datagrams per tunnel and per request say what a tunnel
 	// costs, and that the latency is mostly the processes' work on the
-	// packets (see docs/benchmarks.md).
+	// packets (see docs/benchmarks.md). Direct TCP sends no datagrams and
+	// costs proxy and agent nothing.
 	profiled := b.cpuProfile(ctx, r, "new-tunnels", 2*time.Second, p.proxy, p.agent)
 	cost := p.startCost()
-	lat, err := newConnLatency(ctx, b.cfg.LatencyN, tunnel)
+	lat, err := newConnLatency(ctx, b.cfg.LatencyN, tunnel, direct)
 	if err != nil {
 		return fmt.Errorf("new tunnels: %w", err)
 	}
-	cost.record(r, "tunnel.new", "new tunnel", len(lat)+warmups)
-	r.latency("tunnel.new", "new tunnel: CONNECT + GET /small + close", lat)
+	cost.record(r, "tunnel.new", "new tunnel", len(lat[0])+warmups)
+	r.latency("tunnel.new", "new tunnel: CONNECT + GET /small + close", lat[0])
+	r.latency("tunnel.new.direct", "direct TCP, alternating: connect + GET /small + close", lat[1])
 	profiled()
 
 	c, err := tunnel(ctx)
@@ -352,13 +358,19 @@ func latencyRun(ctx context.Context, b *bench, r *runRecorder) error {
 		return err
 	}
 	defer c.Close()
+	d, err := direct(ctx)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
 	cost = p.startCost()
-	lat, err = keptConnLatency(c, b.cfg.LatencyN)
+	lat, err = keptConnLatency(b.cfg.LatencyN, c, d)
 	if err != nil {
 		return fmt.Errorf("kept tunnel: %w", err)
 	}
-	cost.record(r, "tunnel.kept", "in one tunnel: GET /small", len(lat)+warmups)
-	r.latency("tunnel.kept", "in one tunnel: GET /small (keep-alive)", lat)
+	cost.record(r, "tunnel.kept", "in one tunnel: GET /small", len(lat[0])+warmups)
+	r.latency("tunnel.kept", "in one tunnel: GET /small (keep-alive)", lat[0])
+	r.latency("tunnel.kept.direct", "direct TCP, alternating: GET /small on one connection", lat[1])
 
 	return echoLatency(ctx, b, r, "tunnel.rtt", "in one tunnel: 16-byte echo round trip", func(ctx context.Context) (*httpConn, error) {
 		return dialTunnel(ctx, p.httpAddr, agentID, b.origin.echo)
