@@ -90,12 +90,15 @@ func TestUDPSentCountsDatagrams(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("reads /proc")
 	}
+	// Datagrams to a port nobody listens on are sent (OutDatagrams) but
+	// never received (InDatagrams), so reading the wrong counter fails.
 	ln, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	c, err := net.DialUDP("udp", nil, ln.LocalAddr().(*net.UDPAddr))
+	closed := ln.LocalAddr()
+	ln.Close()
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +108,7 @@ func TestUDPSentCountsDatagrams(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range 20 {
-		if _, err := c.Write([]byte("x")); err != nil {
+		if _, err := c.WriteTo([]byte("x"), closed); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -186,6 +189,18 @@ func TestTargets(t *testing.T) {
 	}
 	for name := range want {
 		t.Errorf("target %q not reported", name)
+	}
+
+	// A target that needs a phase that did not run is left out.
+	rep = newReport(config{Only: []string{"latency"}, Tunnels: fullTunnels, Agents: fullAgents})
+	rep.finish()
+	for _, tg := range rep.Targets {
+		if !strings.Contains(tg.Name, "alternating") {
+			t.Errorf("-only=latency reports %q (%s), which needs another phase", tg.Name, tg.Result)
+		}
+	}
+	if len(rep.Targets) != 2 {
+		t.Errorf("-only=latency reports %d targets, want the 2 alternating ratios", len(rep.Targets))
 	}
 }
 

@@ -193,7 +193,6 @@ func agentsRun(ctx context.Context, b *bench, r *runRecorder) error {
 	p1, err3 := cpuTicks(proxy.pid)
 	s1, err4 := cpuTicks(self)
 	profiled()
-	b.heapProfile(ctx, r, "idle", proxy)
 	for _, err := range []error{err1, err2, err3, err4} {
 		if err != nil {
 			return err
@@ -205,6 +204,7 @@ func agentsRun(ctx context.Context, b *bench, r *runRecorder) error {
 	if err != nil {
 		return err
 	}
+	b.heapProfile(ctx, r, "idle", proxy) // after the RSS: it forces a GC
 	r.add("agents.proxy_rss", fmt.Sprintf("%d agents: proxy RSS after idling", n), "MB", float64(idleRSS)/1e6)
 	r.add("agents.rss_per_agent", fmt.Sprintf("%d agents: proxy RSS per agent after idling", n), "KB", float64(idleRSS-before)/1e3/float64(connected))
 	secs := b.cfg.Idle.Seconds()

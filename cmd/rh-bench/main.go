@@ -62,8 +62,8 @@ type config struct {
 	// ProxyFlags and AgentFlags are extra flags for the processes, e.g.
 	// --metrics.listen-address=127.0.0.1:9090 to profile them.
 	ProxyFlags, AgentFlags string
-	// Env is extra environment of proxy, agent and the raw QUIC helpers,
-	// e.g. GOMAXPROCS=1.
+	// Env is extra environment of proxy, agent, the raw QUIC helpers and
+	// the TCP relay chain's relays, e.g. GOMAXPROCS=1.
 	Env string
 	// PprofDir, if set, gets CPU and heap profiles of proxy and agent
 	// taken during the first run of each phase.
@@ -199,8 +199,8 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&cfg.LogLevel, "log-level", "warn", "--log.level of proxy and agent; their logs are in the work directory (see -keep)")
 	fs.StringVar(&cfg.ProxyFlags, "proxy-flags", "", "extra flags for the proxy, space-separated (e.g. --metrics.listen-address=127.0.0.1:9090 to fetch /debug/pprof/)")
 	fs.StringVar(&cfg.AgentFlags, "agent-flags", "", "extra flags for the agent, space-separated")
-	fs.StringVar(&cfg.Env, "env", "", "extra environment of proxy, agent and the raw QUIC baseline's two ends, space-separated (e.g. GOMAXPROCS=1 or GOGC=50)")
-	fs.StringVar(&cfg.PprofDir, "pprof", "", "write CPU and heap profiles of proxy and agent, taken during the first run of each phase, into this directory (read them with go tool pprof -top FILE)")
+	fs.StringVar(&cfg.Env, "env", "", "extra environment of proxy, agent, the raw QUIC baseline's two ends and the TCP relay chain's relays, space-separated (e.g. GOMAXPROCS=1 or GOGC=50)")
+	fs.StringVar(&cfg.PprofDir, "pprof", "", "write CPU and heap profiles of proxy and agent, taken during the first run of each phase (whose figures then include the profiling), into this directory (read them with go tool pprof -top FILE)")
 	fs.DurationVar(&agentKeepAlive, "agent-keepalive", agentKeepAlive, "QUIC keep-alive period of the load generator's agents (the agent's --agent-client.keep-alive default)")
 	fs.DurationVar(&agentIdleTimeout, "agent-idle-timeout", agentIdleTimeout, "QUIC idle timeout of the load generator's agents (the agent's --agent-client.idle-timeout default)")
 	if err := fs.Parse(args); err != nil {

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 )
@@ -18,9 +19,19 @@ import (
 
 // metricsFlag gives a process a metrics listener on a free loopback port
 // when profiles are wanted; it returns the flags to add and the address.
-func (b *bench) metricsFlag() ([]string, string, error) {
+// A listener already in extra (-proxy-flags, -agent-flags) is used as it
+// is.
+func (b *bench) metricsFlag(extra string) ([]string, string, error) {
 	if b.cfg.PprofDir == "" {
 		return nil, "", nil
+	}
+	for _, f := range strings.Fields(extra) {
+		if addr, ok := strings.CutPrefix(f, "--metrics.listen-address="); ok {
+			if strings.HasPrefix(addr, ":") {
+				addr = "127.0.0.1" + addr
+			}
+			return nil, addr, nil
+		}
 	}
 	port, err := freePort("tcp")
 	if err != nil {

@@ -432,7 +432,7 @@ func (b *bench) startProxy(ctx context.Context) (proxy *proc, httpAddr, agentAdd
 		}
 		httpAddr = fmt.Sprintf("127.0.0.1:%d", httpPort)
 		agentAddr = fmt.Sprintf("127.0.0.1:%d", udpPort)
-		mflags, maddr, err := b.metricsFlag()
+		mflags, maddr, err := b.metricsFlag(b.cfg.ProxyFlags)
 		if err != nil {
 			return nil, "", "", err
 		}
@@ -479,7 +479,7 @@ func (b *bench) startPair(ctx context.Context) (*pair, error) {
 	if err != nil {
 		return nil, err
 	}
-	mflags, maddr, err := b.metricsFlag()
+	mflags, maddr, err := b.metricsFlag(b.cfg.AgentFlags)
 	if err != nil {
 		proxy.stop(5 * time.Second)
 		return nil, err

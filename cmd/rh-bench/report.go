@@ -272,6 +272,7 @@ func (rep *report) targets() []target {
 	add("new tunnel p50 / direct, alternating", "x", "", 0, v, ok, "")
 	v, ok = rep.ratio("tunnel.kept.p50", "tunnel.kept.direct.p50")
 	add("in-tunnel request p50 / direct, alternating", "x", "", 0, v, ok, "")
+	needs = []string{"baseline", "latency"}
 	v, ok = rep.ratio("quic.rtt.p50", "direct.rtt.p50")
 	add("raw QUIC echo round trip p50 / direct TCP's", "x", "", 0, v, ok, "")
 	// A tunnel's round trip crosses TCP, QUIC and TCP: its floor is the
