@@ -143,9 +143,7 @@ func cpuPerGiB(ticks, bytes int64) float64 {
 // QUIC connection between two helper processes.
 func baselineRun(ctx context.Context, b *bench, r *runRecorder) error {
 	down, up := b.cfg.Download, b.cfg.Upload
-	direct := func(ctx context.Context) (*httpConn, error) { return dialDirect(ctx, b.origin.http) }
-
-	c, err := direct(ctx)
+	c, err := dialDirect(ctx, b.origin.http)
 	if err != nil {
 		return err
 	}
@@ -160,23 +158,22 @@ func baselineRun(ctx context.Context, b *bench, r *runRecorder) error {
 		return fmt.Errorf("direct: %w", err)
 	}
 	r.add("direct.upload", "direct TCP: upload "+formatSize(up), "MB/s", mbps(up, time.Since(start)))
-	lat, err := keptConnLatency(b.cfg.LatencyN, c)
-	if err != nil {
-		return fmt.Errorf("direct: %w", err)
-	}
-	r.latency("direct.kept", "direct TCP: GET /small on one connection", lat[0])
-	lat, err = newConnLatency(ctx, b.cfg.LatencyN, direct)
-	if err != nil {
-		return fmt.Errorf("direct: %w", err)
-	}
-	r.latency("direct.new", "direct TCP: connect + GET /small + close", lat[0])
-	if err := echoLatency(ctx, b, r, "direct.rtt", "direct TCP: 16-byte echo round trip", func(ctx context.Context) (*httpConn, error) {
-		return dialDirect(ctx, b.origin.echo)
-	}); err != nil {
+	if err := tcpLatencies(ctx, b, r, "direct", "direct TCP", c, b.origin.http, b.origin.echo); err != nil {
 		return err
 	}
 
-	if err := chainRun(ctx, b, r); err != nil {
+	ch, err := b.startChain(ctx)
+	if err != nil {
+		return err
+	}
+	defer ch.stop()
+	cc, err := dialDirect(ctx, ch.http)
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	// The tunnel's four processes with TCP relays in the middle.
+	if err := tcpLatencies(ctx, b, r, "chain", "TCP relay chain", cc, ch.http, ch.echo); err != nil {
 		return err
 	}
 
@@ -223,32 +220,22 @@ func baselineRun(ctx context.Context, b *bench, r *runRecorder) error {
 	return nil
 }
 
-// chainRun measures GETs and echo round trips through two TCP relay
-// processes: the tunnel's four-process path without QUIC.
-func chainRun(ctx context.Context, b *bench, r *runRecorder) error {
-	ch, err := b.startChain(ctx)
-	if err != nil {
-		return err
-	}
-	defer ch.stop()
-	dial := func(ctx context.Context) (*httpConn, error) { return dialDirect(ctx, ch.http) }
-	c, err := dial(ctx)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
+// tcpLatencies records GET /small on c, connect + GET /small + close to
+// httpAddr and 16-byte echo round trips to echoAddr, all over plain TCP,
+// under keys prefix.kept, prefix.new and prefix.rtt.
+func tcpLatencies(ctx context.Context, b *bench, r *runRecorder, prefix, name string, c *httpConn, httpAddr, echoAddr string) error {
 	lat, err := keptConnLatency(b.cfg.LatencyN, c)
 	if err != nil {
-		return fmt.Errorf("TCP relay chain: %w", err)
+		return fmt.Errorf("%s: %w", name, err)
 	}
-	r.latency("chain.kept", "TCP relay chain: GET /small on one connection", lat[0])
-	lat, err = newConnLatency(ctx, b.cfg.LatencyN, dial)
+	r.latency(prefix+".kept", name+": GET /small on one connection", lat[0])
+	lat, err = newConnLatency(ctx, b.cfg.LatencyN, func(ctx context.Context) (*httpConn, error) { return dialDirect(ctx, httpAddr) })
 	if err != nil {
-		return fmt.Errorf("TCP relay chain: %w", err)
+		return fmt.Errorf("%s: %w", name, err)
 	}
-	r.latency("chain.new", "TCP relay chain: connect + GET /small + close", lat[0])
-	return echoLatency(ctx, b, r, "chain.rtt", "TCP relay chain: 16-byte echo round trip", func(ctx context.Context) (*httpConn, error) {
-		return dialDirect(ctx, ch.echo)
+	r.latency(prefix+".new", name+": connect + GET /small + close", lat[0])
+	return echoLatency(ctx, b, r, prefix+".rtt", name+": 16-byte echo round trip", func(ctx context.Context) (*httpConn, error) {
+		return dialDirect(ctx, echoAddr)
 	})
 }
 
@@ -325,9 +312,9 @@ func throughputRun(ctx context.Context, b *bench, r *runRecorder) error {
 }
 
 // latencyRun measures new tunnels (CONNECT + GET /small + close) one after
-// another, and requests inside one kept tunnel, each alternating with the
-// same operation over direct TCP: the targets are the ratios of these
-// pairs, measured under the same conditions.
+// another, and requests inside one kept tunnel, each sample alternating
+// with the same operation over direct TCP so that both see the machine in
+// the same state (info ratios; the targets use the baseline phase's).
 func latencyRun(ctx context.Context, b *bench, r *runRecorder) error {
 	p, err := b.startPair(ctx)
 	if err != nil {
