@@ -4,12 +4,12 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/reverse-http/reverse-http/internal/front"
 	"github.com/reverse-http/reverse-http/internal/lb"
 	"github.com/reverse-http/reverse-http/internal/metrics"
-	"github.com/reverse-http/reverse-http/internal/route"
 )
 
 // LBCmd is `reverse-http lb`: the client front end of an HA cluster. It
@@ -28,9 +28,11 @@ type LBCmd struct {
 	Auth    AuthVerifier  `embed:"" prefix:"auth."`
 	Metrics MetricsConfig `embed:"" prefix:"metrics."`
 	Store   struct {
-		Type      string          `enum:"memcached" default:"memcached" help:"Route store. One of: [memcached]."`
-		Memcached MemcachedConfig `embed:"" prefix:"memcached."`
+		Type       string          `enum:"memcached" default:"memcached" help:"Route store. One of: [memcached]."`
+		ClusterKey string          `name:"cluster-key" placeholder:"FILE" help:"File with the cluster's shared secret: routes are followed only to proxies whose node lease it verifies. Same file on every proxy and lb."`
+		Memcached  MemcachedConfig `embed:"" prefix:"memcached."`
 	} `embed:"" prefix:"store."`
+	ShutdownTimeout time.Duration `name:"shutdown-timeout" default:"10s" help:"How long a graceful stop may take: draining clients and their tunnels. The process exits by then."`
 }
 
 // Run starts the lb and blocks until the context ends.
@@ -40,6 +42,7 @@ func (c *LBCmd) Run(e *Env) error {
 		"http-connector.tls.refresh":  c.HTTPConnector.TLS.Refresh,
 		"http-connector.dial-timeout": c.HTTPConnector.DialTimeout,
 		"store.memcached.timeout":     c.Store.Memcached.Timeout,
+		"shutdown-timeout":            c.ShutdownTimeout,
 	} {
 		if err := checkDuration(flag, d); err != nil {
 			return err
@@ -53,9 +56,14 @@ func (c *LBCmd) Run(e *Env) error {
 	if err != nil {
 		return fmt.Errorf("--http-proxy.listen-address: %w", err)
 	}
+	store, err := c.Store.Memcached.store(c.Store.ClusterKey, e)
+	if err != nil {
+		ln.Close()
+		return err
+	}
 	m := metrics.New()
 	fwd := &lb.Forwarder{
-		Store:       route.NewMemcached(c.Store.Memcached.Address, c.Store.Memcached.Timeout),
+		Store:       store,
 		Self:        []string{c.HTTPProxy.ListenAddress, ln.Addr().String()},
 		TLS:         cs.connectorTLS,
 		DialTimeout: c.HTTPConnector.DialTimeout,
@@ -63,9 +71,9 @@ func (c *LBCmd) Run(e *Env) error {
 	}
 	handler := front.New(front.Config{Auth: cs.auth, Allow: cs.allow, Dialer: fwd, Metrics: m}, e.Log.With("component", "http-proxy"))
 	hs := front.NewServer(c.HTTPProxy.ListenAddress, handler, cs.serverTLS, e.Log)
-	e.Log.Info("route store", "type", "memcached", "address", c.Store.Memcached.Address)
+	e.Log.Info("route store", "type", "memcached", "servers", strings.Join(store.Servers(), ","), "cluster_key", c.Store.ClusterKey != "")
 	logListening(e, ln, cs.serverTLS, c.Auth.Type, cs.allow)
-	return runAll(e.Ctx, append(c.Metrics.serve(m, e),
-		func(ctx context.Context) error { return serveHTTP(ctx, hs, ln, handler.Drain) },
+	return runAllBounded(e.Ctx, c.ShutdownTimeout, append(c.Metrics.serve(m, e),
+		func(ctx context.Context) error { return serveHTTP(ctx, hs, ln, handler.Drain, c.ShutdownTimeout) },
 	)...)
 }

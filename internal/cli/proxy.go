@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -101,9 +102,11 @@ type ProxyCmd struct {
 	Store   struct {
 		Type             string          `enum:"none,memcached" default:"none" help:"Route store for HA. One of: [none, memcached]."`
 		HTTPProxyAddress string          `name:"http-proxy-address" help:"Address this proxy registers for its agents; other nodes forward clients there (default: the HTTP proxy listen address, with this host's name if it has no host)."`
-		TTL              time.Duration   `name:"ttl" default:"15s" help:"Lease of a route: renewed every ttl/3 while the agent stays; a dead proxy's routes expire after it."`
+		TTL              time.Duration   `name:"ttl" default:"15s" help:"Lease of a route and of this node's membership: renewed every ttl/3; a dead proxy's routes are not followed after it."`
+		ClusterKey       string          `name:"cluster-key" placeholder:"FILE" help:"File with the cluster's shared secret (at least 16 bytes): signs this node's lease; routes are followed only to nodes whose lease it verifies. Same file on every proxy and lb."`
 		Memcached        MemcachedConfig `embed:"" prefix:"memcached."`
 	} `embed:"" prefix:"store."`
+	ShutdownTimeout time.Duration `name:"shutdown-timeout" default:"10s" help:"How long a graceful stop may take: draining clients, closing agents and releasing routes. The process exits by then."`
 }
 
 // AuthVerifier is --auth.* on proxy and lb.
@@ -130,8 +133,39 @@ func (c MetricsConfig) serve(m *metrics.Metrics, e *Env) []func(context.Context)
 
 // MemcachedConfig is --store.memcached.*.
 type MemcachedConfig struct {
-	Address string        `default:"localhost:11211" help:"Memcached server address."`
-	Timeout time.Duration `default:"1s" help:"Memcached dial and I/O timeout."`
+	Address string        `default:"localhost:11211" help:"Memcached servers, comma-separated: routes are written to all and read from any."`
+	Timeout time.Duration `default:"1s" help:"Memcached dial and I/O timeout, per operation."`
+}
+
+// store opens the route store with the cluster key in keyFile, if any.
+func (c MemcachedConfig) store(keyFile string, e *Env) (*route.Memcached, error) {
+	var key []byte
+	if keyFile != "" {
+		data, err := os.ReadFile(keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("--store.cluster-key: %w", err)
+		}
+		if len(bytes.TrimSpace(data)) < 16 {
+			return nil, fmt.Errorf("--store.cluster-key %q: want at least 16 bytes of secret, got %d", keyFile, len(bytes.TrimSpace(data)))
+		}
+		key = route.DeriveClusterKey(bytes.TrimSpace(data))
+	} else {
+		e.Log.Warn("no --store.cluster-key: node leases in memcached are not signed, so anyone who can write to memcached can make this node send clients (and their credentials) to any address; set a shared key file on every proxy and lb")
+	}
+	var servers []string
+	for _, a := range strings.Split(c.Address, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			servers = append(servers, a)
+		}
+	}
+	m, err := route.NewMemcached(route.Config{
+		Servers: servers, Timeout: c.Timeout, ClusterKey: key,
+		Log: e.Log.With("component", "route-store"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("--store.memcached.address: %w", err)
+	}
+	return m, nil
 }
 
 func (a AuthVerifier) authenticator() (auth.Authenticator, error) {
@@ -176,6 +210,7 @@ func (c *ProxyCmd) Run(e *Env) error {
 		"http-connector.tls.refresh":      c.HTTPConnector.TLS.Refresh,
 		"store.memcached.timeout":         c.Store.Memcached.Timeout,
 		"store.ttl":                       c.Store.TTL,
+		"shutdown-timeout":                c.ShutdownTimeout,
 	} {
 		if err := checkDuration(flag, d); err != nil {
 			return err
@@ -237,14 +272,23 @@ func (c *ProxyCmd) Run(e *Env) error {
 			ln.Close()
 			return err
 		}
-		store := route.NewMemcached(c.Store.Memcached.Address, c.Store.Memcached.Timeout)
-		routes = proxy.NewRoutes(store, self, c.Store.TTL, srv, e.Log.With("component", "routes"))
+		store, err := c.Store.Memcached.store(c.Store.ClusterKey, e)
+		if err != nil {
+			srv.Close()
+			ln.Close()
+			return err
+		}
+		routes = proxy.NewRoutes(proxy.RoutesConfig{
+			Store: store, Addr: self, TTL: c.Store.TTL,
+			ReleaseTimeout: releaseTimeout(c.ShutdownTimeout, c.Store.Memcached.Timeout),
+		}, srv, e.Log.With("component", "routes"))
 		dialer = &lb.Cluster{Local: srv, Forward: &lb.Forwarder{
 			Store: store, Self: []string{self, ln.Addr().String()}, TLS: connectorTLS,
 			DialTimeout: c.AgentServer.Agent.DialTimeout + 5*time.Second,
 			Log:         e.Log.With("component", "forwarder"),
 		}}
-		e.Log.Info("route store", "type", "memcached", "address", c.Store.Memcached.Address, "route", self, "ttl", c.Store.TTL.String())
+		e.Log.Info("route store", "type", "memcached", "servers", strings.Join(store.Servers(), ","), "route", self, "ttl", c.Store.TTL.String(),
+			"cluster_key", c.Store.ClusterKey != "")
 	}
 	handler = front.New(front.Config{Auth: authn, Allow: allowList, Dialer: dialer, Metrics: m}, e.Log.With("component", "http-proxy"))
 	if selfSigned != "" {
@@ -255,10 +299,10 @@ func (c *ProxyCmd) Run(e *Env) error {
 	logListening(e, ln, proxyTLS, c.Auth.Type, allowList)
 
 	// On shutdown a standalone proxy drains HTTP first (requests and
-	// tunnels get up to 5s), then closes the agent connections: its agents
-	// have nowhere else to go. In a cluster the agents are closed at once,
-	// so they reconnect to another proxy while this one drains, and the
-	// routes go when they have.
+	// tunnels get up to --shutdown-timeout), then closes the agent
+	// connections: its agents have nowhere else to go. In a cluster the
+	// agents are closed at once, so they reconnect to another proxy while
+	// this one drains, and the routes go when they have.
 	agentCtx, stopAgents := context.WithCancel(context.WithoutCancel(e.Ctx))
 	if routes != nil {
 		agentCtx, stopAgents = context.WithCancel(e.Ctx)
@@ -273,13 +317,20 @@ func (c *ProxyCmd) Run(e *Env) error {
 		},
 		func(ctx context.Context) error {
 			defer stopAgents()
-			return serveHTTP(ctx, hs, ln, handler.Drain)
+			return serveHTTP(ctx, hs, ln, handler.Drain, c.ShutdownTimeout)
 		},
 	)
 	if routes != nil {
 		fns = append(fns, func(context.Context) error { return routes.Run(routesCtx) })
 	}
-	return runAll(e.Ctx, fns...)
+	return runAllBounded(e.Ctx, c.ShutdownTimeout, fns...)
+}
+
+// releaseTimeout is how long releasing routes may take on shutdown: what
+// is left of the shutdown timeout once an operation already under way
+// (bounded by the store timeout) has ended, but at least half of it.
+func releaseTimeout(shutdown, store time.Duration) time.Duration {
+	return max(shutdown-store-time.Second, shutdown/2)
 }
 
 // resetKey derives the QUIC stateless reset key from the key file given,
@@ -410,8 +461,8 @@ func (e *prefixedError) Error() string { return e.msg }
 func (e *prefixedError) Unwrap() error { return e.err }
 
 // serveHTTP serves until ctx ends, then shuts down gracefully: requests in
-// flight and, through drain, hijacked connections get up to 5s.
-func serveHTTP(ctx context.Context, hs *http.Server, ln net.Listener, drain func(context.Context)) error {
+// flight and, through drain, hijacked connections get up to timeout.
+func serveHTTP(ctx context.Context, hs *http.Server, ln net.Listener, drain func(context.Context), timeout time.Duration) error {
 	errc := make(chan error, 1)
 	go func() {
 		if hs.TLSConfig != nil {
@@ -425,7 +476,7 @@ func serveHTTP(ctx context.Context, hs *http.Server, ln net.Listener, drain func
 		return fmt.Errorf("http proxy: %w", err)
 	case <-ctx.Done():
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	sctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	if err := hs.Shutdown(sctx); err != nil {
 		hs.Close()
@@ -459,4 +510,25 @@ func runAll(ctx context.Context, fns ...func(context.Context) error) error {
 	}
 	wg.Wait()
 	return first
+}
+
+// runAllBounded is runAll, but once ctx has ended it waits at most timeout
+// (and a second of grace) for fns to return. Past that it gives up with an
+// error, so the process exits even if a part is stuck.
+func runAllBounded(ctx context.Context, timeout time.Duration, fns ...func(context.Context) error) error {
+	done := make(chan error, 1)
+	go func() { done <- runAll(ctx, fns...) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+	}
+	t := time.NewTimer(timeout + time.Second)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		return fmt.Errorf("shutdown did not finish within --shutdown-timeout (%s); exiting anyway", timeout)
+	}
 }

@@ -24,7 +24,7 @@ import (
 // Forwarder opens tunnels through the proxy that holds an agent by sending
 // it a CONNECT with the client's own credentials.
 type Forwarder struct {
-	Store route.Store
+	Store Store
 	// Self are this node's own addresses; a route naming one is not
 	// forwarded (the agent is not here, or the route is wrong).
 	Self []string
@@ -34,6 +34,11 @@ type Forwarder struct {
 	// including its own tunnel to the agent. Zero means 15s.
 	DialTimeout time.Duration
 	Log         *slog.Logger
+}
+
+// Store is where the Forwarder looks routes up (*route.Memcached).
+type Store interface {
+	Lookup(ctx context.Context, agentID string) (route.Route, error)
 }
 
 // unreachableError: the owning proxy could not be reached at all.
@@ -51,7 +56,7 @@ func (f *Forwarder) Dial(ctx context.Context, agentID, hostport string) (net.Con
 		// no agents, and forwarding again could loop.
 		return nil, wire.Errorf(wire.ErrAgentOffline, "agent "+agentID+" is not connected here (request forwarded to an lb)")
 	}
-	addr, err := f.lookup(agentID)
+	addr, err := f.lookup(ctx, agentID)
 	if err != nil {
 		return nil, err
 	}
@@ -61,7 +66,7 @@ func (f *Forwarder) Dial(ctx context.Context, agentID, hostport string) (net.Con
 		return c, err
 	}
 	f.Log.Warn("proxy holding the agent is unreachable; reading the route again", "agent", agentID, "proxy", addr, "error", ue.err)
-	again, lerr := f.lookup(agentID)
+	again, lerr := f.lookup(ctx, agentID)
 	if lerr == nil && again != addr {
 		c, err = f.connect(ctx, again, hostport)
 		if !errors.As(err, &ue) {
@@ -72,10 +77,16 @@ func (f *Forwarder) Dial(ctx context.Context, agentID, hostport string) (net.Con
 	return nil, wire.Errorf(wire.ErrAgentOffline, fmt.Sprintf("agent %s: its proxy %s is unreachable: %v", agentID, addr, ue.err))
 }
 
-func (f *Forwarder) lookup(agentID string) (string, error) {
-	addr, err := f.Store.Lookup(agentID)
+func (f *Forwarder) lookup(ctx context.Context, agentID string) (string, error) {
+	r, err := f.Store.Lookup(ctx, agentID)
+	addr := r.Addr
 	switch {
 	case errors.Is(err, route.ErrNotFound):
+		return "", wire.Errorf(wire.ErrAgentOffline, "agent "+agentID+" is not connected")
+	case errors.Is(err, route.ErrNotMember):
+		// Never send a client's credentials to a node that is not one of
+		// ours: the entry is stale or forged.
+		f.Log.Warn("route names a node that is not a live cluster member: not followed", "agent", agentID, "error", err)
 		return "", wire.Errorf(wire.ErrAgentOffline, "agent "+agentID+" is not connected")
 	case err != nil:
 		return "", wire.Errorf(wire.ErrAgentOffline, "route store unavailable: "+err.Error())

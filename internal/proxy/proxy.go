@@ -52,13 +52,14 @@ type Config struct {
 
 // Server accepts agents and dials tunnels through them.
 type Server struct {
-	cfg    Config
-	log    *slog.Logger
-	ln     *quic.Listener
-	tr     *quic.Transport
-	mu     sync.RWMutex
-	agents map[string]*session
-	wg     sync.WaitGroup
+	cfg     Config
+	log     *slog.Logger
+	ln      *quic.Listener
+	tr      *quic.Transport
+	mu      sync.RWMutex
+	agents  map[string]*session
+	closing bool // Run is closing: no agent is registered any more
+	wg      sync.WaitGroup
 }
 
 type session struct {
@@ -157,6 +158,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.ln.Close()
 	s.mu.Lock()
+	s.closing = true
 	for _, a := range s.agents {
 		a.conn.CloseWithError(wire.CodeShutdown, "proxy shutting down")
 	}
@@ -183,12 +185,19 @@ func (s *Server) serve(ctx context.Context, conn *quic.Conn) {
 		s.cfg.Metrics.Session("auth_failed")
 		return
 	}
-	s.cfg.Metrics.Session("ok")
 	sess := &session{id: id, conn: conn, since: time.Now()}
 	s.mu.Lock()
+	if s.closing {
+		// Authenticated after Run closed the agents: refuse it, or its
+		// connection would keep Run waiting.
+		s.mu.Unlock()
+		conn.CloseWithError(wire.CodeShutdown, "proxy shutting down")
+		return
+	}
 	old := s.agents[id]
 	s.agents[id] = sess
 	s.mu.Unlock()
+	s.cfg.Metrics.Session("ok")
 	if old != nil {
 		s.log.Warn("agent connection replaced by a new one with the same ID",
 			"agent", id, "old_remote", old.conn.RemoteAddr().String(), "new_remote", remote)
@@ -254,25 +263,45 @@ func (s *Server) authenticate(ctx context.Context, conn *quic.Conn) (string, err
 	return id, nil
 }
 
-// AgentIDs returns the IDs of the connected agents.
-func (s *Server) AgentIDs() []string {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	ids := make([]string, 0, len(s.agents))
-	for id := range s.agents {
-		ids = append(ids, id)
-	}
-	return ids
+// Session is an agent connected to this proxy.
+type Session struct {
+	ID    string
+	Since time.Time // when it authenticated
 }
 
-// Drop closes agentID's connection with an application error.
-func (s *Server) Drop(agentID string, code quic.ApplicationErrorCode, reason string) {
+// Sessions returns the connected agents.
+func (s *Server) Sessions() []Session {
 	s.mu.RLock()
-	sess := s.agents[agentID]
-	s.mu.RUnlock()
-	if sess != nil {
-		sess.conn.CloseWithError(code, reason)
+	defer s.mu.RUnlock()
+	out := make([]Session, 0, len(s.agents))
+	for _, a := range s.agents {
+		out = append(out, Session{ID: a.id, Since: a.since})
 	}
+	return out
+}
+
+// Session returns agentID's connection, if it is connected.
+func (s *Server) Session(agentID string) (Session, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	a := s.agents[agentID]
+	if a == nil {
+		return Session{}, false
+	}
+	return Session{ID: a.id, Since: a.since}, true
+}
+
+// Drop closes the connection of sess with an application error, if it is
+// still agent sess.ID's current connection. It reports whether it did.
+func (s *Server) Drop(sess Session, code quic.ApplicationErrorCode, reason string) bool {
+	s.mu.RLock()
+	a := s.agents[sess.ID]
+	s.mu.RUnlock()
+	if a == nil || !a.since.Equal(sess.Since) {
+		return false
+	}
+	a.conn.CloseWithError(code, reason)
+	return true
 }
 
 // Agents returns the number of connected agents.

@@ -2,28 +2,53 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/reverse-http/reverse-http/internal/route"
 	"github.com/reverse-http/reverse-http/internal/wire"
 )
 
-// Routes publishes which agents this proxy holds in a route.Store, as
-// leases: claimed when an agent connects, renewed every TTL/3 while it stays,
-// released (only if still ours) when it leaves and on shutdown. A route that
-// names another proxy means the agent reconnected there: the local
-// connection is stale and is closed.
-type Routes struct {
-	store  route.Store
-	addr   string // this proxy's HTTP address, the routes' value
-	ttl    time.Duration
-	srv    *Server
-	log    *slog.Logger
-	events chan agentEvent
+// RoutesConfig configures Routes.
+type RoutesConfig struct {
+	// Store is where routes and this node's lease live.
+	Store *route.Memcached
+	// Addr is this proxy's HTTP address: the routes' value and the name
+	// of its node lease.
+	Addr string
+	// TTL is the lease of a route and of the node; both are renewed every
+	// TTL/3.
+	TTL time.Duration
+	// ReleaseTimeout bounds withdrawing the node lease and releasing the
+	// routes on shutdown. Zero means 5s.
+	ReleaseTimeout time.Duration
+}
 
-	claimed map[string]bool // routes this proxy wrote; owned by Run's goroutine
-	down    bool            // the store failed last time; owned by Run's goroutine
+// Routes publishes which agents this proxy holds: a node lease for the
+// proxy itself and a route per agent, claimed when the agent connects,
+// renewed every TTL/3 while it stays, released (only if still ours) when
+// it leaves and on shutdown.
+//
+// Ownership is decided here, in Run's goroutine, in one order: events are
+// queued (never dropped) and written before every renewal, and a renewal
+// judges only routes claimed for the agent's current connection. A route
+// naming another proxy closes our connection only if that proxy holds a
+// valid node lease and its route is newer than our connection (route.Wins);
+// otherwise the route is stale or forged, and this proxy claims it again.
+type Routes struct {
+	cfg     RoutesConfig
+	srv     *Server
+	log     *slog.Logger
+	started time.Time
+
+	mu      sync.Mutex
+	pending []agentEvent
+	wake    chan struct{}
+
+	claimed map[string]time.Time // agent -> connection the route was written for; owned by Run
+	down    bool                 // the store failed last time; owned by Run
 }
 
 type agentEvent struct {
@@ -31,92 +56,210 @@ type agentEvent struct {
 	up bool
 }
 
-// NewRoutes publishes srv's agents under addr in store with leases of ttl.
-func NewRoutes(store route.Store, addr string, ttl time.Duration, srv *Server, log *slog.Logger) *Routes {
+// NewRoutes publishes srv's agents as cfg says.
+func NewRoutes(cfg RoutesConfig, srv *Server, log *slog.Logger) *Routes {
+	if cfg.ReleaseTimeout <= 0 {
+		cfg.ReleaseTimeout = 5 * time.Second
+	}
 	return &Routes{
-		store: store, addr: addr, ttl: ttl, srv: srv, log: log,
-		events:  make(chan agentEvent, 4096),
-		claimed: make(map[string]bool),
+		cfg: cfg, srv: srv, log: log, started: time.Now(),
+		wake:    make(chan struct{}, 1),
+		claimed: make(map[string]time.Time),
 	}
 }
 
-// Notify reports an agent that connected (up) or left. It never blocks: if
-// events pile up, the next renewal catches up with the registry.
+// Notify reports an agent that connected (up) or left. It never blocks and
+// never drops an event: the queue holds at most two events per connection
+// the server accepted since Run last looked.
 func (r *Routes) Notify(agentID string, up bool) {
+	r.mu.Lock()
+	r.pending = append(r.pending, agentEvent{agentID, up})
+	r.mu.Unlock()
 	select {
-	case r.events <- agentEvent{agentID, up}:
+	case r.wake <- struct{}{}:
 	default:
 	}
 }
 
-// Run keeps the routes until ctx ends, then releases every route it holds.
+// Run keeps the routes until ctx ends, then withdraws the node lease and
+// releases every route it holds, within ReleaseTimeout.
 func (r *Routes) Run(ctx context.Context) error {
-	t := time.NewTicker(max(r.ttl/3, 100*time.Millisecond))
+	r.publish(ctx)
+	t := time.NewTicker(max(r.cfg.TTL/3, 100*time.Millisecond))
 	defer t.Stop()
 	for {
 		select {
-		case ev := <-r.events:
-			if ev.up {
-				r.claim(ev.id)
-			} else if !r.srv.Connected(ev.id) {
-				r.release(ev.id)
-			}
+		case <-r.wake:
+			r.process(ctx)
 		case <-t.C:
-			r.renew()
+			r.process(ctx)
+			r.publish(ctx)
+			r.renew(ctx)
 		case <-ctx.Done():
-			for id := range r.claimed {
-				r.release(id)
-			}
+			r.shutdown()
 			return nil
 		}
 	}
 }
 
-func (r *Routes) claim(id string) {
-	err := r.store.Claim(id, r.addr, r.ttl)
-	if r.failed(err) {
+// process writes the queued events: claims for agents that connected,
+// releases for agents that left and did not come back.
+func (r *Routes) process(ctx context.Context) {
+	r.mu.Lock()
+	events := r.pending
+	r.pending = nil
+	r.mu.Unlock()
+	if len(events) == 0 {
 		return
 	}
-	r.claimed[id] = true
-	r.log.Debug("route claimed", "agent", id, "address", r.addr)
-}
-
-func (r *Routes) release(id string) {
-	err := r.store.Release(id, r.addr)
-	if r.failed(err) {
-		return
-	}
-	delete(r.claimed, id)
-	r.log.Debug("route released", "agent", id)
-}
-
-// renew extends the lease of every local agent (recreating routes the store
-// lost), closes local connections whose route names another proxy, and
-// releases routes of agents that are gone.
-func (r *Routes) renew() {
-	local := r.srv.AgentIDs()
-	seen := make(map[string]bool, len(local))
-	for _, id := range local {
-		seen[id] = true
-		owned, err := r.store.Renew(id, r.addr, r.ttl)
-		if r.failed(err) {
-			return // the store is down: try everything again next time
-		}
-		if owned {
-			r.claimed[id] = true
+	var (
+		claims  []route.Claim
+		release []string
+		seen    = make(map[string]bool, len(events))
+	)
+	// The registry says what is true now; events only say whom to look at.
+	for i := len(events) - 1; i >= 0; i-- {
+		id := events[i].id
+		if seen[id] {
 			continue
 		}
-		delete(r.claimed, id)
-		owner, _ := r.store.Lookup(id)
-		r.log.Warn("agent reconnected to another proxy: closing the stale connection here",
-			"agent", id, "route", owner)
-		r.srv.Drop(id, wire.CodeReplaced, "agent "+id+" is connected to another proxy ("+owner+")")
-	}
-	for id := range r.claimed {
-		if !seen[id] {
-			r.release(id)
+		seen[id] = true
+		if s, ok := r.srv.Session(id); ok {
+			if !r.claimed[id].Equal(s.Since) {
+				claims = append(claims, route.Claim{ID: id, Since: s.Since})
+			}
+		} else if _, ok := r.claimed[id]; ok {
+			release = append(release, id)
 		}
 	}
+	r.claim(ctx, claims)
+	if len(release) > 0 {
+		if r.failed(r.cfg.Store.Release(ctx, r.cfg.Addr, release)) {
+			return // still in claimed: released next round
+		}
+		for _, id := range release {
+			delete(r.claimed, id)
+			r.log.Debug("route released", "agent", id)
+		}
+	}
+}
+
+func (r *Routes) claim(ctx context.Context, claims []route.Claim) {
+	if len(claims) == 0 {
+		return
+	}
+	if r.failed(r.cfg.Store.Claim(ctx, r.cfg.Addr, claims, r.cfg.TTL)) {
+		return // not claimed: the next renewal claims them
+	}
+	for _, c := range claims {
+		r.claimed[c.ID] = c.Since
+		r.log.Debug("route claimed", "agent", c.ID, "address", r.cfg.Addr)
+	}
+}
+
+func (r *Routes) publish(ctx context.Context) {
+	r.failed(r.cfg.Store.Publish(ctx, r.cfg.Addr, r.started, r.cfg.TTL))
+}
+
+// maxLogged bounds the agents named in one log line about many of them.
+const maxLogged = 10
+
+// renew claims the routes of agents not claimed yet, extends those
+// claimed, judges the ones that name another proxy, and releases routes of
+// agents that are gone.
+func (r *Routes) renew(ctx context.Context) {
+	sessions := r.srv.Sessions()
+	var claims, held []route.Claim
+	current := make(map[string]bool, len(sessions))
+	for _, s := range sessions {
+		current[s.ID] = true
+		c := route.Claim{ID: s.ID, Since: s.Since}
+		if r.claimed[s.ID].Equal(s.Since) {
+			held = append(held, c)
+		} else {
+			claims = append(claims, c)
+		}
+	}
+	r.claim(ctx, claims)
+
+	conflicts, err := r.cfg.Store.Renew(ctx, r.cfg.Addr, held, r.cfg.TTL)
+	if r.failed(err) {
+		return
+	}
+	var reclaim []route.Claim
+	var ignored []string
+	for _, cf := range conflicts {
+		since := r.claimed[cf.ID]
+		ours := route.Route{Addr: r.cfg.Addr, Since: since}
+		if cf.Member && cf.Route.Wins(ours) {
+			r.log.Warn("agent reconnected to another proxy: closing the stale connection here",
+				"agent", cf.ID, "route", cf.Route.Addr)
+			if r.srv.Drop(Session{ID: cf.ID, Since: since}, wire.CodeReplaced,
+				"agent "+cf.ID+" is connected to another proxy ("+cf.Route.Addr+")") {
+				delete(r.claimed, cf.ID)
+			}
+			continue
+		}
+		if !cf.Member && len(ignored) < maxLogged {
+			ignored = append(ignored, cf.ID+" -> "+cf.Route.Addr)
+		}
+		reclaim = append(reclaim, route.Claim{ID: cf.ID, Since: since})
+	}
+	if len(ignored) > 0 {
+		r.log.Warn("routes of agents connected here name a node that is not a live cluster member: ignored, claimed again",
+			"count", countNonMembers(conflicts), "routes", ignored)
+	}
+	if len(reclaim) > 0 {
+		r.log.Debug("claiming routes again over older ones", "count", len(reclaim))
+		r.claim(ctx, reclaim)
+	}
+
+	var gone []string
+	for id := range r.claimed {
+		if !current[id] {
+			gone = append(gone, id)
+		}
+	}
+	if len(gone) > 0 && !r.failed(r.cfg.Store.Release(ctx, r.cfg.Addr, gone)) {
+		for _, id := range gone {
+			delete(r.claimed, id)
+		}
+	}
+}
+
+func countNonMembers(cs []route.Conflict) int {
+	n := 0
+	for _, c := range cs {
+		if !c.Member {
+			n++
+		}
+	}
+	return n
+}
+
+// shutdown withdraws the node lease, so no node follows our routes any
+// more, then releases the routes still ours, all in parallel and within
+// ReleaseTimeout even when the store does not answer.
+func (r *Routes) shutdown() {
+	ctx, cancel := context.WithTimeoutCause(context.Background(), r.cfg.ReleaseTimeout,
+		errors.New("route release took longer than its timeout"))
+	defer cancel()
+	start := time.Now()
+	ids := make([]string, 0, len(r.claimed))
+	for id := range r.claimed {
+		ids = append(ids, id)
+	}
+	var wg sync.WaitGroup
+	var werr, rerr error
+	wg.Go(func() { werr = r.cfg.Store.Withdraw(ctx, r.cfg.Addr) })
+	wg.Go(func() { rerr = r.cfg.Store.Release(ctx, r.cfg.Addr, ids) })
+	wg.Wait()
+	if err := errors.Join(werr, rerr); err != nil {
+		r.log.Warn("routes not all released on shutdown; they expire after the ttl",
+			"routes", len(ids), "ttl", r.cfg.TTL.String(), "took", time.Since(start).Round(time.Millisecond).String(), "error", err)
+		return
+	}
+	r.log.Info("routes released", "routes", len(ids), "took", time.Since(start).Round(time.Millisecond).String())
 }
 
 // failed logs store errors once per outage, and the recovery.
