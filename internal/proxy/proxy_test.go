@@ -396,3 +396,59 @@ func httptestServer(t *testing.T, h http.Handler) string {
 	t.Cleanup(func() { hs.Close() })
 	return ln.Addr().String()
 }
+
+// slowAuth authenticates every agent, but only once release is closed.
+type slowAuth struct {
+	auth.Authenticator
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (a slowAuth) Agent(cred string) (string, error) {
+	close(a.entered)
+	<-a.release
+	return cred, nil
+}
+
+// An agent that finishes authenticating after Run began closing agents is
+// refused, and Run returns; it used to be registered and keep Run waiting
+// for as long as the agent stayed.
+func TestLateHandshakeRefusedOnShutdown(t *testing.T) {
+	a := slowAuth{Authenticator: auth.NoAuth(), entered: make(chan struct{}), release: make(chan struct{})}
+	srv := proxy.New(proxy.Config{ListenAddr: "127.0.0.1:0", TLS: serverTLS(t), Auth: a}, testLogger(t))
+	if err := srv.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+
+	conn, err := quic.DialAddr(context.Background(), srv.Addr().String(),
+		&tls.Config{InsecureSkipVerify: true, NextProtos: []string{wire.ALPN}}, &quic.Config{KeepAlivePeriod: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.CloseWithError(0, "")
+	s, err := conn.OpenStreamSync(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	wire.WriteMessage(s, "late")
+	<-a.entered
+	cancel()
+	time.Sleep(200 * time.Millisecond) // Run closes the agents it has
+	close(a.release)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return: the late agent was registered after shutdown began")
+	}
+	select {
+	case <-conn.Context().Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the late agent's connection is still open")
+	}
+}
