@@ -1,0 +1,499 @@
+package e2e
+
+// HA at scale: thousands of agents from one load generator (e2e/fleet, the
+// real agent code), a memcached a couple of milliseconds away, and proxies
+// that die without warning.
+
+import (
+	"bufio"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/bradfitz/gomemcache/memcache"
+)
+
+// storeDelay is what the relay in front of memcached adds to every
+// request: a scale model of a busy store on another host.
+const storeDelay = 2 * time.Millisecond
+
+// delayRelay is a TCP relay that holds every chunk a client sends for
+// delay before passing it on.
+type delayRelay struct {
+	addr string
+	ln   net.Listener
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	open map[net.Conn]struct{}
+}
+
+func startDelayRelay(t testing.TB, target string, delay time.Duration) *delayRelay {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &delayRelay{addr: ln.Addr().String(), ln: ln, open: map[net.Conn]struct{}{}}
+	r.wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			r.wg.Go(func() { r.serve(c, target, delay) })
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		r.mu.Lock()
+		for c := range r.open {
+			c.Close()
+		}
+		r.mu.Unlock()
+		r.wg.Wait()
+	})
+	return r
+}
+
+func (r *delayRelay) track(c net.Conn, on bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if on {
+		r.open[c] = struct{}{}
+	} else {
+		delete(r.open, c)
+	}
+}
+
+func (r *delayRelay) serve(c net.Conn, target string, delay time.Duration) {
+	defer c.Close()
+	s, err := net.DialTimeout("tcp", target, 2*time.Second)
+	if err != nil {
+		return
+	}
+	defer s.Close()
+	r.track(c, true)
+	r.track(s, true)
+	defer r.track(c, false)
+	defer r.track(s, false)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		io.Copy(c, s)
+		c.Close()
+	})
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := c.Read(buf)
+		if n > 0 {
+			time.Sleep(delay)
+			if _, werr := s.Write(buf[:n]); werr != nil {
+				break
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	s.Close()
+	wg.Wait()
+}
+
+var (
+	fleetOnce sync.Once
+	fleetPath string
+	fleetErr  error
+)
+
+// fleetProc is a running e2e/fleet: n agents in one process.
+type fleetProc struct {
+	*process
+	stats string // URL of its stats endpoint
+}
+
+type fleetStats struct {
+	Connected int            `json:"connected"`
+	Messages  map[string]int `json:"messages"`
+	Errors    []string       `json:"errors"`
+}
+
+// replaced counts the agents' "replaced by another agent with the same ID"
+// log lines.
+func (s fleetStats) replaced() int {
+	n := 0
+	for msg, c := range s.Messages {
+		if strings.Contains(msg, "same ID") {
+			n += c
+		}
+	}
+	return n
+}
+
+// startFleet builds e2e/fleet once (without -race: it stands for
+// thousands of agent processes) and runs n agents named prefix%05d
+// against server, with more fleet flags.
+func startFleet(t testing.TB, server string, n int, prefix string, ramp time.Duration, flags ...string) *fleetProc {
+	t.Helper()
+	fleetOnce.Do(func() {
+		root, err := repoRoot()
+		if err != nil {
+			fleetErr = err
+			return
+		}
+		fleetPath = filepath.Join(filepath.Dir(binPath), "fleet")
+		build := exec.Command("go", "build", "-o", fleetPath, "./e2e/fleet")
+		build.Dir = root
+		if out, err := build.CombinedOutput(); err != nil {
+			fleetErr = fmt.Errorf("go build ./e2e/fleet: %w\n%s", err, out)
+		}
+	})
+	if fleetErr != nil {
+		t.Fatal(fleetErr)
+	}
+	args := append([]string{"-server", server, "-ca", filepath.Join(certDir, "ca.pem"),
+		"-n", fmt.Sprint(n), "-prefix", prefix, "-ramp", ramp.String(), "-duration", "30m"}, flags...)
+	p, err := startExternal(t, "fleet", fleetPath, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	groupOf(t).add(p)
+	f := &fleetProc{process: p}
+	err = waitFor(startTimeout, func() error {
+		sc := bufio.NewScanner(strings.NewReader(p.log.String()))
+		for sc.Scan() {
+			if u, ok := strings.CutPrefix(sc.Text(), "stats "); ok {
+				f.stats = u
+				return nil
+			}
+		}
+		if p.exited() {
+			return errors.New("fleet exited")
+		}
+		return errors.New("no stats line yet")
+	})
+	if err != nil {
+		t.Fatalf("fleet: %v\n%s", err, p.log.String())
+	}
+	return f
+}
+
+// retarget sends the fleet's new connections to addr (with -redirect).
+func (f *fleetProc) retarget(t testing.TB, addr string) {
+	t.Helper()
+	resp, err := http.Post(strings.TrimSuffix(f.stats, "/stats")+"/target?addr="+addr, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("retarget: %s", resp.Status)
+	}
+}
+
+func (f *fleetProc) read() (fleetStats, error) {
+	var s fleetStats
+	resp, err := http.Get(f.stats)
+	if err != nil {
+		return s, err
+	}
+	defer resp.Body.Close()
+	return s, json.NewDecoder(resp.Body).Decode(&s)
+}
+
+// waitConnected waits until all n agents are connected.
+func (f *fleetProc) waitConnected(t testing.TB, n int, timeout time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	var last fleetStats
+	err := waitFor(timeout, func() error {
+		s, err := f.read()
+		if err != nil {
+			return err
+		}
+		last = s
+		if s.Connected < n {
+			return fmt.Errorf("%d of %d agents connected", s.Connected, n)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("fleet: %v; agents' log messages: %v; errors: %q", err, last.Messages, last.Errors)
+	}
+	return time.Since(start)
+}
+
+// scaleN is the number of agents a scale test runs: def, or the value of
+// env (for a quick run on a busy machine; the issue's numbers are the
+// defaults).
+func scaleN(t testing.TB, env string, def int) int {
+	t.Helper()
+	if v := os.Getenv(env); v != "" {
+		var n int
+		if _, err := fmt.Sscan(v, &n); err != nil || n < 1 {
+			t.Fatalf("%s=%q: want a positive number", env, v)
+		}
+		return n
+	}
+	return def
+}
+
+func agentIDs(prefix string, n int) []string {
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("%s%05d", prefix, i)
+	}
+	return ids
+}
+
+// routesOf reads the routes of ids straight from memcached (not through
+// the delay relay), 500 keys per request.
+func routesOf(t testing.TB, mcAddr string, ids []string) map[string]string {
+	t.Helper()
+	mc := memcache.New(mcAddr)
+	mc.Timeout = 5 * time.Second
+	out := make(map[string]string, len(ids))
+	for part := range slices.Chunk(ids, 500) {
+		items, err := mc.GetMulti(part)
+		if err != nil {
+			t.Fatalf("memcached get: %v", err)
+		}
+		for k, it := range items {
+			out[k] = string(it.Value)
+		}
+	}
+	return out
+}
+
+func writeClusterKey(t testing.TB) string {
+	t.Helper()
+	b := make([]byte, 32)
+	rand.Read(b)
+	path := filepath.Join(t.TempDir(), "cluster.key")
+	if err := os.WriteFile(path, fmt.Appendf(nil, "%x\n", b), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// startSlowStoreProxy starts a proxy whose memcached is addr (the relay).
+func startSlowStoreProxy(t testing.TB, storeAddr string, extra ...string) *proxyProc {
+	t.Helper()
+	return startProxyOnFreePorts(t, func(httpAddr string) []string {
+		return append([]string{
+			"--agent-server.tls.file.cert=" + filepath.Join(certDir, "proxy.pem"),
+			"--agent-server.tls.file.key=" + filepath.Join(certDir, "proxy-key.pem"),
+			"--store.type=memcached",
+			"--store.memcached.address=" + storeAddr,
+			"--store.http-proxy-address=" + httpAddr,
+		}, extra...)
+	})
+}
+
+// reachAll GETs the origin through the proxy at addr as every agent in
+// ids until each has answered once or deadline passes; it returns when
+// each answered (relative to start) and those that never did.
+func reachAll(addr string, ids []string, url string, start, deadline time.Time) (answered map[string]time.Duration, missing []string) {
+	answered = make(map[string]time.Duration, len(ids))
+	var mu sync.Mutex
+	pending := slices.Clone(ids)
+	for len(pending) > 0 && time.Now().Before(deadline) {
+		var next []string
+		var wg sync.WaitGroup
+		work := make(chan string)
+		for range 48 {
+			wg.Go(func() {
+				for id := range work {
+					code, _, err := haGet(addr, id, "noauth", url, 2*time.Second)
+					mu.Lock()
+					if err == nil && code == http.StatusOK {
+						answered[id] = time.Since(start)
+					} else {
+						next = append(next, id)
+					}
+					mu.Unlock()
+				}
+			})
+		}
+		for _, id := range pending {
+			if time.Now().After(deadline) {
+				mu.Lock()
+				next = append(next, id)
+				mu.Unlock()
+				continue
+			}
+			work <- id
+		}
+		close(work)
+		wg.Wait()
+		pending = next
+		if len(pending) > 0 {
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	return answered, pending
+}
+
+// TestHAFailoverAtScale: 2,000 agents on proxy D, memcached 2ms away, D
+// is SIGKILLed. Every agent must be reachable through the surviving proxy
+// A within 15s, and none may be closed as "replaced": A takes the dead
+// proxy's routes over instead of obeying them.
+func TestHAFailoverAtScale(t *testing.T) {
+	progs := haNeed(t)
+	n := scaleN(t, "HA_FAILOVER_AGENTS", 2000)
+	mc := startMemcached(t, progs)
+	slow := startDelayRelay(t, mc.addr, storeDelay)
+	key := writeClusterKey(t)
+	a := startSlowStoreProxy(t, slow.addr, "--store.cluster-key="+key)
+	d := startSlowStoreProxy(t, slow.addr, "--store.cluster-key="+key)
+	origin := startHTTPOrigin(t, false)
+
+	f := startFleet(t, d.agentAddr, n, "fo-", 5*time.Second, "-redirect")
+	took := f.waitConnected(t, n, 2*time.Minute)
+	ids := agentIDs("fo-", n)
+	if err := waitFor(30*time.Second, func() error {
+		routes := routesOf(t, mc.addr, ids)
+		for _, id := range ids {
+			if routes[id] != d.httpAddr {
+				return fmt.Errorf("route of %s is %q, want %s", id, routes[id], d.httpAddr)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d agents connected to D in %s; all routes name D", n, took.Round(time.Millisecond))
+
+	// Idle agents, as most are: nothing in flight, only keep-alives.
+	f.retarget(t, a.agentAddr)
+	start := time.Now()
+	d.kill(t)
+	answered, missing := reachAll(a.httpAddr, ids, origin.url("/hello"), start, start.Add(15*time.Second))
+	if len(missing) > 0 {
+		t.Errorf("%d of %d agents not reachable through A within 15s after D was killed, e.g. %v", len(missing), n, missing[:min(5, len(missing))])
+	}
+	var times []time.Duration
+	for _, d := range answered {
+		times = append(times, d)
+	}
+	slices.Sort(times)
+	if len(times) > 0 {
+		t.Logf("FIGURES failover of %d agents: first reachable %s, median %s, p99 %s, last %s after SIGKILL",
+			n, times[0].Round(time.Millisecond), times[len(times)/2].Round(time.Millisecond),
+			times[len(times)*99/100].Round(time.Millisecond), times[len(times)-1].Round(time.Millisecond))
+	}
+
+	// Two renewals later nobody was closed as replaced, and A holds every
+	// route.
+	time.Sleep(12 * time.Second)
+	s, err := f.read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := s.replaced(); r != 0 {
+		t.Errorf("%d agents were closed as replaced after the failover", r)
+	}
+	if c := a.count("agent reconnected to another proxy: closing the stale connection here"); c != 0 {
+		t.Errorf("A closed %d agents as connected to another proxy", c)
+	}
+	if s.Connected != n {
+		t.Errorf("%d of %d agents connected after the failover", s.Connected, n)
+	}
+	routes := routesOf(t, mc.addr, ids)
+	wrong := 0
+	for _, id := range ids {
+		if routes[id] != a.httpAddr {
+			wrong++
+		}
+	}
+	if wrong > 0 {
+		t.Errorf("%d routes do not name A after the failover", wrong)
+	}
+}
+
+// TestHARoutesHoldAtScale: 10,000 agents on one proxy, memcached 2ms away.
+// For HA_SCALE_HOLD (default 3m) no route may expire or name anything but
+// the proxy while its agent stays connected, and clients through an lb
+// keep reaching them.
+func TestHARoutesHoldAtScale(t *testing.T) {
+	progs := haNeed(t)
+	hold := 3 * time.Minute
+	if v := os.Getenv("HA_SCALE_HOLD"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			t.Fatalf("HA_SCALE_HOLD: %v", err)
+		}
+		hold = d
+	}
+	n := scaleN(t, "HA_HOLD_AGENTS", 10000)
+	mc := startMemcached(t, progs)
+	slow := startDelayRelay(t, mc.addr, storeDelay)
+	key := writeClusterKey(t)
+	p := startSlowStoreProxy(t, slow.addr, "--store.cluster-key="+key)
+	lb := startLB(t, &memcached{addr: slow.addr}, "--store.cluster-key="+key)
+	origin := startHTTPOrigin(t, false)
+
+	f := startFleet(t, p.agentAddr, n, "hold-", 15*time.Second)
+	took := f.waitConnected(t, n, 3*time.Minute)
+	ids := agentIDs("hold-", n)
+	if err := waitFor(time.Minute, func() error {
+		routes := routesOf(t, mc.addr, ids)
+		if len(routes) < n {
+			return fmt.Errorf("%d of %d routes", len(routes), n)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d agents connected in %s; all routes written", n, took.Round(time.Millisecond))
+
+	start := time.Now()
+	checks, reached, worst := 0, 0, 0
+	for time.Since(start) < hold {
+		time.Sleep(2 * time.Second)
+		s, err := f.read()
+		if err != nil {
+			t.Fatal(err)
+		}
+		routes := routesOf(t, mc.addr, ids)
+		bad := 0
+		for _, id := range ids {
+			if routes[id] != p.httpAddr {
+				bad++
+			}
+		}
+		checks++
+		// An agent that reconnected may be between connections; every
+		// other one must have its route.
+		if gap := n - s.Connected; bad > gap {
+			t.Errorf("after %s: %d routes missing or wrong with %d of %d agents connected",
+				time.Since(start).Round(time.Second), bad, s.Connected, n)
+		}
+		worst = max(worst, bad)
+		// A few clients through the lb.
+		for i := range 5 {
+			id := ids[(checks*7919+i*104729)%n]
+			if code, body, err := haGet(lb.httpAddr, id, "noauth", origin.url("/hello"), 5*time.Second); err != nil || code != http.StatusOK {
+				t.Errorf("GET through the lb as %s: %d %q %v", id, code, body, err)
+			} else {
+				reached++
+			}
+		}
+	}
+	s, _ := f.read()
+	if c := p.count("route store unavailable; agents connected here are still served, routes will be renewed when it is back"); c != 0 {
+		t.Errorf("the proxy found the store unavailable %d times", c)
+	}
+	t.Logf("FIGURES %d agents, store %s away, %s: %d checks of all routes, worst %d missing, %d agents connected at the end, %d of %d lb requests answered",
+		n, storeDelay, hold, checks, worst, s.Connected, reached, checks*5)
+}
