@@ -55,4 +55,3 @@ func Start(t testing.TB) string {
 	t.Fatal("memcached did not start")
 	return ""
 }
-
