@@ -19,6 +19,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -32,11 +33,12 @@ const storeDelay = 2 * time.Millisecond
 // delayRelay is a TCP relay that holds every chunk a client sends for
 // delay before passing it on.
 type delayRelay struct {
-	addr string
-	ln   net.Listener
-	wg   sync.WaitGroup
-	mu   sync.Mutex
-	open map[net.Conn]struct{}
+	addr   string
+	ln     net.Listener
+	wg     sync.WaitGroup
+	frozen atomic.Bool // pass nothing on: memcached stops answering
+	mu     sync.Mutex
+	open   map[net.Conn]struct{}
 }
 
 func startDelayRelay(t testing.TB, target string, delay time.Duration) *delayRelay {
@@ -96,7 +98,7 @@ func (r *delayRelay) serve(c net.Conn, target string, delay time.Duration) {
 	buf := make([]byte, 64<<10)
 	for {
 		n, err := c.Read(buf)
-		if n > 0 {
+		if n > 0 && !r.frozen.Load() {
 			time.Sleep(delay)
 			if _, werr := s.Write(buf[:n]); werr != nil {
 				break
@@ -496,4 +498,36 @@ func TestHARoutesHoldAtScale(t *testing.T) {
 	}
 	t.Logf("FIGURES %d agents, store %s away, %s: %d checks of all routes, worst %d missing, %d agents connected at the end, %d of %d lb requests answered",
 		n, storeDelay, hold, checks, worst, s.Connected, reached, checks*5)
+}
+
+// A proxy whose memcached stops answering still exits within
+// --shutdown-timeout: the node lease and the routes are released in
+// parallel under one deadline, not one store timeout per route.
+func TestShutdownWithUnreachableStore(t *testing.T) {
+	progs := haNeed(t)
+	const n = 200
+	mc := startMemcached(t, progs)
+	relay := startDelayRelay(t, mc.addr, 0)
+	p := startSlowStoreProxy(t, relay.addr, "--store.memcached.timeout=1s", "--shutdown-timeout=3s")
+	f := startFleet(t, p.agentAddr, n, "sd-", time.Second)
+	f.waitConnected(t, n, time.Minute)
+	ids := agentIDs("sd-", n)
+	if err := waitFor(30*time.Second, func() error {
+		if got := len(routesOf(t, mc.addr, ids)); got < n {
+			return fmt.Errorf("%d of %d routes", got, n)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	relay.frozen.Store(true)
+	start := time.Now()
+	if err := p.terminate(4 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	t.Logf("FIGURES proxy with %d routes and an unreachable memcached exited %s after SIGTERM (--shutdown-timeout=3s)", n, took.Round(time.Millisecond))
+	if p.count("routes not all released on shutdown; they expire after the ttl") != 1 {
+		t.Errorf("no log line about the routes left behind:\n%s", tail(p.log.String(), 4096))
+	}
 }
