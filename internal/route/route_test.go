@@ -354,3 +354,47 @@ func FuzzParseAddr(f *testing.F) {
 		}
 	})
 }
+
+// FuzzCheckLease: a node lease read from memcached is untrusted. Parsing
+// never panics, and with a cluster key nothing but a lease signed with it
+// is accepted.
+func FuzzCheckLease(f *testing.F) {
+	key := DeriveClusterKey([]byte("fuzz cluster key, long enough"))
+	signer := &Memcached{key: key, now: time.Now}
+	now := time.Unix(1_800_000_000, 0)
+	f.Add("10.0.0.1:3128", []byte(signer.leaseValue("10.0.0.1:3128", now, now.Add(time.Minute))))
+	f.Add("10.0.0.1:3128", []byte("rhn1 1 99999999999999 -"))
+	f.Add("10.0.0.1:3128", []byte("rhn1 x y z"))
+	f.Add("a:1", []byte(""))
+	f.Add("a:1", []byte("rhn1 1 2 3 4"))
+	f.Fuzz(func(t *testing.T, addr string, value []byte) {
+		unsigned := &Memcached{now: time.Now}
+		unsigned.checkLease(addr, value, now)
+		if signer.checkLease(addr, value, now) == nil {
+			fields := strings.Fields(string(value))
+			if len(fields) != 4 || !hmacOK(signer, addr, fields) {
+				t.Fatalf("accepted %q for %q without a valid signature", value, addr)
+			}
+		}
+	})
+}
+
+func hmacOK(m *Memcached, addr string, f []string) bool {
+	return f[3] == m.mac(addr, f[1], f[2])
+}
+
+// FuzzRouteOf: a route's value and flags are untrusted.
+func FuzzRouteOf(f *testing.F) {
+	f.Add([]byte("10.0.0.1:3128"), uint32(1_800_000_000))
+	f.Add([]byte("evil host:80"), uint32(0))
+	f.Add([]byte("[::1]:1"), uint32(1))
+	f.Fuzz(func(t *testing.T, value []byte, flags uint32) {
+		r, err := routeOf(&memcache.Item{Value: value, Flags: flags})
+		if err != nil {
+			return
+		}
+		if _, _, err := net.SplitHostPort(r.Addr); err != nil || !legalKey(NodeKey(r.Addr)) && len(r.Addr) < 240 {
+			t.Fatalf("routeOf accepted %q: %v", value, err)
+		}
+	})
+}
