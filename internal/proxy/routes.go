@@ -134,7 +134,7 @@ func (r *Routes) process(ctx context.Context) {
 	}
 	r.claim(ctx, claims)
 	if len(release) > 0 {
-		if r.failed(r.cfg.Store.Release(ctx, r.cfg.Addr, release)) {
+		if err := r.cfg.Store.Release(ctx, r.cfg.Addr, release); r.failed(err != nil, err) {
 			return // still in claimed: released next round
 		}
 		for _, id := range release {
@@ -148,17 +148,22 @@ func (r *Routes) claim(ctx context.Context, claims []route.Claim) {
 	if len(claims) == 0 {
 		return
 	}
-	if r.failed(r.cfg.Store.Claim(ctx, r.cfg.Addr, claims, r.cfg.TTL)) {
-		return // not claimed: the next renewal claims them
+	stored, err := r.cfg.Store.Claim(ctx, r.cfg.Addr, claims, r.cfg.TTL)
+	n := 0
+	for i, c := range claims {
+		if stored[i] {
+			r.claimed[c.ID] = c.Since
+			r.log.Debug("route claimed", "agent", c.ID, "address", r.cfg.Addr)
+			n++
+		}
 	}
-	for _, c := range claims {
-		r.claimed[c.ID] = c.Since
-		r.log.Debug("route claimed", "agent", c.ID, "address", r.cfg.Addr)
-	}
+	// The ones not stored anywhere are claimed by the next renewal.
+	r.failed(n == 0, err)
 }
 
 func (r *Routes) publish(ctx context.Context) {
-	r.failed(r.cfg.Store.Publish(ctx, r.cfg.Addr, r.started, r.cfg.TTL))
+	err := r.cfg.Store.Publish(ctx, r.cfg.Addr, r.started, r.cfg.TTL)
+	r.failed(err != nil, err)
 }
 
 // maxLogged bounds the agents named in one log line about many of them.
@@ -183,7 +188,7 @@ func (r *Routes) renew(ctx context.Context) {
 	r.claim(ctx, claims)
 
 	conflicts, err := r.cfg.Store.Renew(ctx, r.cfg.Addr, held, r.cfg.TTL)
-	if r.failed(err) {
+	if r.failed(err != nil, err) {
 		return
 	}
 	var reclaim []route.Claim
@@ -220,7 +225,10 @@ func (r *Routes) renew(ctx context.Context) {
 			gone = append(gone, id)
 		}
 	}
-	if len(gone) > 0 && !r.failed(r.cfg.Store.Release(ctx, r.cfg.Addr, gone)) {
+	if len(gone) == 0 {
+		return
+	}
+	if err := r.cfg.Store.Release(ctx, r.cfg.Addr, gone); !r.failed(err != nil, err) {
 		for _, id := range gone {
 			delete(r.claimed, id)
 		}
@@ -262,9 +270,14 @@ func (r *Routes) shutdown() {
 	r.log.Info("routes released", "routes", len(ids), "took", time.Since(start).Round(time.Millisecond).String())
 }
 
-// failed logs store errors once per outage, and the recovery.
-func (r *Routes) failed(err error) bool {
-	if err != nil {
+// failed logs store errors once per outage, and the recovery, and
+// returns down: whether the operation failed as a whole. err, if not nil
+// while the operation partly succeeded, is logged at debug level.
+func (r *Routes) failed(down bool, err error) bool {
+	if !down && err != nil {
+		r.log.Debug("some route store operations failed; they are retried at the next renewal", "error", err)
+	}
+	if down {
 		if !r.down {
 			r.log.Error("route store unavailable; agents connected here are still served, routes will be renewed when it is back",
 				"error", err)

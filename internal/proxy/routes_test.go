@@ -71,7 +71,7 @@ func TestRoutesOwnership(t *testing.T) {
 	// The proxy that held them died a moment ago: its lease and routes
 	// are still valid.
 	store.Publish(ctx, dead, long, time.Minute)
-	if err := store.Claim(ctx, dead, claims, time.Minute); err != nil {
+	if _, err := store.Claim(ctx, dead, claims, time.Minute); err != nil {
 		t.Fatal(err)
 	}
 
@@ -118,7 +118,7 @@ func TestRoutesOwnership(t *testing.T) {
 
 	// A live member's newer route: the agent really reconnected there.
 	store.Publish(ctx, other, time.Now(), time.Minute)
-	if err := store.Claim(ctx, other, []route.Claim{{ID: ids[2], Since: time.Now().Add(2 * time.Second)}}, time.Minute); err != nil {
+	if _, err := store.Claim(ctx, other, []route.Claim{{ID: ids[2], Since: time.Now().Add(2 * time.Second)}}, time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	c := conns[ids[2]]

@@ -404,37 +404,36 @@ func containsStr(s []string, v string) bool {
 }
 
 // Claim writes claims as routes to addr on every server: the agents have
-// just connected here. It fails only if no server took them all.
-func (m *Memcached) Claim(ctx context.Context, addr string, claims []Claim, ttl time.Duration) error {
+// just connected here. stored[i] reports whether claims[i] was written to
+// at least one server; err describes the failures, if any.
+func (m *Memcached) Claim(ctx context.Context, addr string, claims []Claim, ttl time.Duration) (stored []bool, err error) {
+	stored = make([]bool, len(claims))
 	if len(claims) == 0 {
-		return nil
+		return stored, nil
 	}
-	errs, allFailed := m.each(func(sv *server) error {
-		var (
-			mu    sync.Mutex
-			first error
-		)
+	var mu sync.Mutex
+	errs, _ := m.each(func(sv *server) error {
+		var first error
 		parallel(len(claims), m.conc, func(i int) {
 			c := claims[i]
 			err := m.do(ctx, sv, func(mc *memcache.Client) error { return mc.Set(item(Key(c.ID), addr, c.Since, ttl)) })
+			mu.Lock()
+			defer mu.Unlock()
 			if err != nil {
-				mu.Lock()
 				first = cmpErr(first, err)
-				mu.Unlock()
+				return
 			}
+			stored[i] = true
 		})
 		return first
 	})
-	if allFailed {
-		return errors.Join(errs...)
-	}
-	return nil
+	return stored, errors.Join(errs...)
 }
 
 // Renew extends the routes of claims that still name addr on every server,
 // recreates those a server lost, and returns the agents whose route names
 // another proxy on some server. It does not touch a foreign route. It
-// fails only if no server answered.
+// fails only if no server's routes could be read.
 func (m *Memcached) Renew(ctx context.Context, addr string, claims []Claim, ttl time.Duration) ([]Conflict, error) {
 	if len(claims) == 0 {
 		return nil, nil
@@ -447,32 +446,25 @@ func (m *Memcached) Renew(ctx context.Context, addr string, claims []Claim, ttl 
 		mu      sync.Mutex
 		foreign = map[string][]Route{} // by claim index, as string key of the ID
 	)
+	// A server counts as failed only if its routes could not be read: a
+	// touch or add that failed is retried by the next renewal, long
+	// before the route expires.
 	errs, allFailed := m.each(func(sv *server) error {
 		items, err := m.getMulti(ctx, sv, keys)
 		if err != nil {
 			return err
 		}
-		var (
-			emu   sync.Mutex
-			first error
-		)
 		parallel(len(claims), m.conc, func(i int) {
 			c := claims[i]
 			it, ok := items[keys[i]]
-			var err error
 			switch {
 			case !ok:
 				// Lost (the server restarted or evicted it): add it back,
-				// unless someone else wrote it meanwhile.
-				err = m.do(ctx, sv, func(mc *memcache.Client) error { return mc.Add(item(keys[i], addr, c.Since, ttl)) })
-				if errors.Is(err, memcache.ErrNotStored) {
-					err = nil // next round reads what is there
-				}
+				// unless someone else wrote it meanwhile; the next round
+				// reads what is there.
+				m.do(ctx, sv, func(mc *memcache.Client) error { return mc.Add(item(keys[i], addr, c.Since, ttl)) })
 			case string(it.Value) == addr:
-				err = m.do(ctx, sv, func(mc *memcache.Client) error { return mc.Touch(keys[i], seconds(ttl)) })
-				if errors.Is(err, memcache.ErrCacheMiss) {
-					err = nil // expired between the read and the touch: next round adds it
-				}
+				m.do(ctx, sv, func(mc *memcache.Client) error { return mc.Touch(keys[i], seconds(ttl)) })
 			default:
 				r, perr := routeOf(it)
 				if perr != nil {
@@ -482,13 +474,8 @@ func (m *Memcached) Renew(ctx context.Context, addr string, claims []Claim, ttl 
 				foreign[c.ID] = append(foreign[c.ID], r)
 				mu.Unlock()
 			}
-			if err != nil {
-				emu.Lock()
-				first = cmpErr(first, err)
-				emu.Unlock()
-			}
 		})
-		return first
+		return nil
 	})
 	if allFailed {
 		return nil, errors.Join(errs...)

@@ -41,7 +41,7 @@ func TestMemcachedLeases(t *testing.T) {
 	if _, err := m.Lookup(ctx, "4711"); err != ErrNotFound {
 		t.Fatalf("Lookup before Claim: %v, want ErrNotFound", err)
 	}
-	if err := m.Claim(ctx, a, []Claim{{"4711", t0}}, time.Minute); err != nil {
+	if _, err := m.Claim(ctx, a, []Claim{{"4711", t0}}, time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	if got, err := m.Lookup(ctx, "4711"); err != nil || got.Addr != a || got.Since.Unix() != t0.Unix() {
@@ -66,7 +66,7 @@ func TestMemcachedLeases(t *testing.T) {
 	// The agent moves: Claim overwrites, and the old owner's Release and
 	// Renew must not touch the new route.
 	t1 := t0.Add(10 * time.Second)
-	if err := m.Claim(ctx, b, []Claim{{"4711", t1}}, time.Minute); err != nil {
+	if _, err := m.Claim(ctx, b, []Claim{{"4711", t1}}, time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	cs, _ = m.Renew(ctx, a, []Claim{{"4711", t0}}, time.Minute)
@@ -170,7 +170,7 @@ func TestSeveralServers(t *testing.T) {
 	t0 := time.Now().Add(-time.Minute)
 	m.Publish(ctx, a, t0, time.Minute)
 	m.Publish(ctx, b, t0, time.Minute)
-	if err := m.Claim(ctx, a, []Claim{{"4711", t0}}, time.Minute); err != nil {
+	if _, err := m.Claim(ctx, a, []Claim{{"4711", t0}}, time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	// s1 misses the move to b (say, it was down) and still names a.
@@ -187,8 +187,8 @@ func TestSeveralServers(t *testing.T) {
 
 	// One server down: routes are still read and written.
 	dead := newStore(t, nil, s1, closedAddr(t))
-	if err := dead.Claim(ctx, b, []Claim{{"4712", t0}}, time.Minute); err != nil {
-		t.Fatalf("Claim with one server down: %v", err)
+	if stored, err := dead.Claim(ctx, b, []Claim{{"4712", t0}}, time.Minute); !stored[0] || err == nil {
+		t.Fatalf("Claim with one server down: stored %v, error %v; want stored, and the down server named", stored, err)
 	}
 	if r, err := dead.Lookup(ctx, "4712"); err != nil || r.Addr != b {
 		t.Fatalf("Lookup with one server down = %+v, %v", r, err)
@@ -214,7 +214,7 @@ func TestMemcachedLeaseExpires(t *testing.T) {
 	m := newStore(t, nil, startMemcached(t))
 	now := time.Now()
 	m.Publish(ctx, "10.0.0.9:3128", now, time.Minute)
-	if err := m.Claim(ctx, "10.0.0.9:3128", []Claim{{"dead-proxy-agent", now}}, time.Second); err != nil {
+	if _, err := m.Claim(ctx, "10.0.0.9:3128", []Claim{{"dead-proxy-agent", now}}, time.Second); err != nil {
 		t.Fatal(err)
 	}
 	// memcached counts whole seconds: the route is gone within 2s.
@@ -237,7 +237,7 @@ func TestMemcachedOddIDs(t *testing.T) {
 	for i, id := range []string{"büro 7", strings.Repeat("x", 256), "a\tb", "plain", "rh:node:10.0.0.1:3128"} {
 		addr := fmt.Sprintf("10.0.0.%d:3128", i+1)
 		m.Publish(ctx, addr, now, time.Minute)
-		if err := m.Claim(ctx, addr, []Claim{{id, now}}, time.Minute); err != nil {
+		if _, err := m.Claim(ctx, addr, []Claim{{id, now}}, time.Minute); err != nil {
 			t.Fatalf("Claim(%q): %v", id, err)
 		}
 		if got, err := m.Lookup(ctx, id); err != nil || got.Addr != addr {
