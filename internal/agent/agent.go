@@ -57,6 +57,27 @@ type Config struct {
 	BackoffMax time.Duration
 	// Resolver resolves destination names; nil means net.DefaultResolver.
 	Resolver *net.Resolver
+	// Lookup, if not nil, resolves destination names instead of Resolver
+	// (tests use it to return chosen addresses).
+	Lookup func(ctx context.Context, host string) ([]netip.Addr, error)
+	// OwnListeners are the bound addresses of this process's own listeners
+	// (metrics and pprof, admin). A tunnel to any of them is refused,
+	// whatever Allow says. A listener on an unspecified address (0.0.0.0,
+	// ::) stands for every local address with its port: loopback and the
+	// host's interface addresses. Empty: none.
+	OwnListeners []netip.AddrPort
+	// LocalAddrs, if not nil, returns the host's interface addresses in
+	// place of net.InterfaceAddrs (for tests).
+	LocalAddrs func() []netip.Addr
+	// BlockLocal refuses destinations that resolve to loopback (127.0.0.0/8,
+	// ::1), link-local (169.254.0.0/16, fe80::/10), unspecified (0.0.0.0/8,
+	// ::) or cloud metadata addresses (169.254.169.254, fd00:ec2::254),
+	// IPv4-mapped forms included, even when a name pattern of Allow allows
+	// the name. An address or CIDR pattern of Allow that lies inside such a
+	// range (127.0.0.1:9090, 127.0.0.0/8; for a metadata address, exactly
+	// that address) re-allows what it covers; a broader one (0.0.0.0/0)
+	// does not. False: no such check (the reference's behaviour).
+	BlockLocal bool
 	// Metrics, if not nil, records the connection state and tunnels.
 	Metrics *metrics.Metrics
 }
@@ -266,7 +287,9 @@ func (a *Agent) refuse(stream *quic.Stream, status int, reason, target string) {
 
 // dial checks target against the allowlist, resolves it once and dials an
 // address it resolved: names are checked by name, literal IPs by address,
-// and the address dialed is the one checked.
+// and the address dialed is the one checked. Resolved addresses that are the
+// agent's own listeners, or local with BlockLocal, are skipped; when no
+// address is left the tunnel is denied.
 func (a *Agent) dial(ctx context.Context, target string) (net.Conn, error) {
 	host, port, err := wire.SplitHostPort(target)
 	if err != nil {
@@ -284,7 +307,7 @@ func (a *Agent) dial(ctx context.Context, target string) (net.Conn, error) {
 		if !a.cfg.Allow.Empty() && !a.cfg.Allow.AllowedName(host, port) {
 			return nil, wire.Errorf(wire.ErrDenied, "destination "+target+" is not allowed by the agent's allowlist")
 		}
-		addrs, err = a.cfg.Resolver.LookupNetIP(ctx, "ip", host)
+		addrs, err = a.lookup(ctx, host)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, wire.Errorf(wire.ErrTimeout, fmt.Sprintf("resolving %s timed out after %s", host, a.cfg.DialTimeout))
@@ -294,8 +317,19 @@ func (a *Agent) dial(ctx context.Context, target string) (net.Conn, error) {
 	}
 	var d net.Dialer
 	var firstErr error
+	var refused netip.Addr
+	var refusedWhat string
+	dialed := 0
 	for _, ip := range addrs {
-		c, err := d.DialContext(ctx, "tcp", netip.AddrPortFrom(ip.Unmap(), uint16(port)).String())
+		ip = ip.Unmap()
+		if what := a.refusal(ip, port); what != "" {
+			if !refused.IsValid() {
+				refused, refusedWhat = ip, what
+			}
+			continue
+		}
+		dialed++
+		c, err := d.DialContext(ctx, "tcp", netip.AddrPortFrom(ip, uint16(port)).String())
 		if err == nil {
 			return c, nil
 		}
@@ -306,6 +340,9 @@ func (a *Agent) dial(ctx context.Context, target string) (net.Conn, error) {
 			break
 		}
 	}
+	if dialed == 0 && refused.IsValid() {
+		return nil, wire.Errorf(wire.ErrDenied, refusedReason(target, refused, port, refusedWhat))
+	}
 	if ctx.Err() != nil {
 		return nil, wire.Errorf(wire.ErrTimeout, fmt.Sprintf("dial %s timed out after %s", target, a.cfg.DialTimeout))
 	}
@@ -313,6 +350,13 @@ func (a *Agent) dial(ctx context.Context, target string) (net.Conn, error) {
 		return nil, wire.Errorf(wire.ErrUnreachable, "cannot resolve "+host+": no addresses")
 	}
 	return nil, wire.Errorf(wire.ErrUnreachable, "dial "+target+": "+opReason(firstErr))
+}
+
+func (a *Agent) lookup(ctx context.Context, host string) ([]netip.Addr, error) {
+	if a.cfg.Lookup != nil {
+		return a.cfg.Lookup(ctx, host)
+	}
+	return a.cfg.Resolver.LookupNetIP(ctx, "ip", host)
 }
 
 func dnsReason(err error) string {
