@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strings"
 	"sync"
 	"time"
 
@@ -396,9 +395,17 @@ func (c *ProxyCmd) agentTLS(e *Env) (conf *tls.Config, selfSigned string, err er
 }
 
 // flagError names the full flag in a tlsconf error, whose messages name
-// settings relative to their prefix ("tls.file.cert ...").
+// settings relative to their prefix ("tls.file.cert ..."). Only the setting
+// names are rewritten; paths in the message stay intact.
 func flagError(prefix string, err error) error {
-	return &prefixedError{msg: strings.ReplaceAll(err.Error(), "tls.", "--"+prefix+".tls."), err: err}
+	name := func(setting string) string {
+		// The connector's key password is a file.* flag, unlike the servers'.
+		if prefix == "http-connector" && setting == "tls.key-password" {
+			setting = "tls.file.key-password"
+		}
+		return "--" + prefix + "." + setting
+	}
+	return &prefixedError{msg: tlsconf.Describe(err, name), err: err}
 }
 
 type prefixedError struct {
