@@ -42,7 +42,9 @@ type Config struct {
 	// HandshakeTimeout bounds connecting and authenticating to the proxy.
 	// Default 3s: a connection attempt that lands on a dead proxy (say, a
 	// load balancer's stale session) is given up quickly and retried from
-	// a new UDP port.
+	// a new UDP port. An attempt that gets no packet at all within it is
+	// reported as "no answer from the proxy over UDP"; one that gets
+	// answers but does not complete is given up to half as long again.
 	HandshakeTimeout time.Duration
 	// KeepAlive is the QUIC keep-alive period. Default 2s.
 	KeepAlive time.Duration
@@ -162,7 +164,11 @@ func (a *Agent) session(ctx context.Context) (time.Duration, error) {
 	tlsConf := a.cfg.TLS.Clone()
 	tlsConf.NextProtos = []string{wire.ALPN}
 	tlsConf.MinVersion = tls.VersionTLS13
-	dialCtx, cancel := context.WithTimeout(ctx, a.cfg.HandshakeTimeout)
+	// quic-go ends a handshake that received nothing for
+	// HandshakeIdleTimeout with an IdleTimeoutError; the context, a little
+	// longer, bounds a handshake that gets answers but stalls. That keeps
+	// "no answer at all" (UDP blocked, no proxy there) distinguishable.
+	dialCtx, cancel := context.WithTimeout(ctx, a.cfg.HandshakeTimeout+a.cfg.HandshakeTimeout/2)
 	conn, err := quic.DialAddr(dialCtx, a.cfg.ServerAddr, tlsConf, &quic.Config{
 		KeepAlivePeriod:       a.cfg.KeepAlive,
 		MaxIdleTimeout:        a.cfg.IdleTimeout,
@@ -172,6 +178,10 @@ func (a *Agent) session(ctx context.Context) (time.Duration, error) {
 	})
 	cancel()
 	if err != nil {
+		var idle *quic.IdleTimeoutError
+		if errors.As(err, &idle) && ctx.Err() == nil {
+			return 0, &noAnswerError{server: a.cfg.ServerAddr, after: a.cfg.HandshakeTimeout, err: err}
+		}
 		return 0, fmt.Errorf("connect to %s: %w", a.cfg.ServerAddr, err)
 	}
 	var wg sync.WaitGroup
@@ -209,6 +219,20 @@ func (a *Agent) session(ctx context.Context) (time.Duration, error) {
 		}()
 	}
 }
+
+// noAnswerError is a handshake that received no packet at all: the proxy's
+// UDP port is blocked on the way, or nothing listens there.
+type noAnswerError struct {
+	server string
+	after  time.Duration
+	err    error // quic-go's *IdleTimeoutError
+}
+
+func (e *noAnswerError) Error() string {
+	return fmt.Sprintf("no answer from the proxy over UDP within %s: is UDP to %s blocked, or is no proxy listening there?", e.after, e.server)
+}
+
+func (e *noAnswerError) Unwrap() error { return e.err }
 
 func (a *Agent) authenticate(ctx context.Context, conn *quic.Conn, cred string) error {
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.HandshakeTimeout)
