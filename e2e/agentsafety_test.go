@@ -1,11 +1,18 @@
 package e2e
 
 import (
+	"bytes"
+	"context"
+	"errors"
 	"io"
 	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/reverse-http/reverse-http/internal/wire"
 )
 
 // TestAgentSecretsNotServed: an agent started with an inline JWT serves a
@@ -125,5 +132,29 @@ func TestNoauthAgentToJWTProxy(t *testing.T) {
 	p.waitLog(t, startTimeout, 1, "agent authentication failed")
 	if l := p.lines("agent authentication failed")[0]; !strings.Contains(l["error"], hint) {
 		t.Errorf("proxy log: error %q, want %q", l["error"], hint)
+	}
+}
+
+// TestProxyRefusesUnselectableAgentID: an agent ID with ':' (which no
+// client can select) is refused by a noauth proxy with the reason, sent to
+// the agent in the close reason and logged.
+func TestProxyRefusesUnselectableAgentID(t *testing.T) {
+	t.Parallel()
+	p := startProxy(t)
+	conn := dialQUIC(t, p)
+	var msg bytes.Buffer
+	if err := wire.WriteMessage(&msg, "a:b"); err != nil {
+		t.Fatal(err)
+	}
+	_, err := sendAuth(conn, msg.Bytes())
+	checkAppError(t, conn, err, wire.CodeAuthFailed)
+	const reason = "contains ':', which separates user and password in Proxy-Authorization, so no client could select this agent"
+	var ae *quic.ApplicationError
+	if errors.As(context.Cause(conn.Context()), &ae) && !strings.Contains(ae.ErrorMessage, reason) {
+		t.Errorf("close reason %q, want %q", ae.ErrorMessage, reason)
+	}
+	p.waitLog(t, startTimeout, 1, "agent authentication failed")
+	if l := p.lines("agent authentication failed")[0]; !strings.Contains(l["error"], reason) {
+		t.Errorf("proxy log: %q, want %q", l["error"], reason)
 	}
 }
