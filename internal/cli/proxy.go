@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -399,9 +400,9 @@ func (c *ProxyCmd) agentTLS(e *Env) (conf *tls.Config, selfSigned string, err er
 // names are rewritten; paths in the message stay intact.
 func flagError(prefix string, err error) error {
 	name := func(setting string) string {
-		// The connector's key password is a file.* flag, unlike the servers'.
-		if prefix == "http-connector" && setting == "tls.key-password" {
-			setting = "tls.file.key-password"
+		if prefix == "http-connector" {
+			// The connector's key password is a file.* flag, unlike the servers'.
+			setting = strings.Replace(setting, "tls.key-password", "tls.file.key-password", 1)
 		}
 		return "--" + prefix + "." + setting
 	}
