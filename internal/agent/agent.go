@@ -42,7 +42,9 @@ type Config struct {
 	// HandshakeTimeout bounds connecting and authenticating to the proxy.
 	// Default 3s: a connection attempt that lands on a dead proxy (say, a
 	// load balancer's stale session) is given up quickly and retried from
-	// a new UDP port.
+	// a new UDP port. An attempt that gets no packet at all within it is
+	// reported as "no answer from the proxy over UDP"; one that gets
+	// answers but does not complete is given up to half as long again.
 	HandshakeTimeout time.Duration
 	// KeepAlive is the QUIC keep-alive period. Default 2s.
 	KeepAlive time.Duration
@@ -57,6 +59,27 @@ type Config struct {
 	BackoffMax time.Duration
 	// Resolver resolves destination names; nil means net.DefaultResolver.
 	Resolver *net.Resolver
+	// Lookup, if not nil, resolves destination names instead of Resolver
+	// (tests use it to return chosen addresses).
+	Lookup func(ctx context.Context, host string) ([]netip.Addr, error)
+	// OwnListeners are the bound addresses of this process's own listeners
+	// (metrics and pprof, admin). A tunnel to any of them is refused,
+	// whatever Allow says. A listener on an unspecified address (0.0.0.0,
+	// ::) stands for every local address with its port: loopback and the
+	// host's interface addresses. Empty: none.
+	OwnListeners []netip.AddrPort
+	// LocalAddrs, if not nil, returns the host's interface addresses in
+	// place of net.InterfaceAddrs (for tests).
+	LocalAddrs func() []netip.Addr
+	// BlockLocal refuses destinations that resolve to loopback (127.0.0.0/8,
+	// ::1), link-local (169.254.0.0/16, fe80::/10), unspecified (0.0.0.0/8,
+	// ::) or cloud metadata addresses (169.254.169.254, fd00:ec2::254),
+	// IPv4-mapped forms included, even when a name pattern of Allow allows
+	// the name. An address or CIDR pattern of Allow that lies inside such a
+	// range (127.0.0.1:9090, 127.0.0.0/8; for a metadata address, exactly
+	// that address) re-allows what it covers; a broader one (0.0.0.0/0)
+	// does not. False: no such check (the reference's behaviour).
+	BlockLocal bool
 	// Metrics, if not nil, records the connection state and tunnels.
 	Metrics *metrics.Metrics
 }
@@ -141,7 +164,11 @@ func (a *Agent) session(ctx context.Context) (time.Duration, error) {
 	tlsConf := a.cfg.TLS.Clone()
 	tlsConf.NextProtos = []string{wire.ALPN}
 	tlsConf.MinVersion = tls.VersionTLS13
-	dialCtx, cancel := context.WithTimeout(ctx, a.cfg.HandshakeTimeout)
+	// quic-go ends a handshake that received nothing for
+	// HandshakeIdleTimeout with an IdleTimeoutError; the context, a little
+	// longer, bounds a handshake that gets answers but stalls. That keeps
+	// "no answer at all" (UDP blocked, no proxy there) distinguishable.
+	dialCtx, cancel := context.WithTimeout(ctx, a.cfg.HandshakeTimeout+a.cfg.HandshakeTimeout/2)
 	conn, err := quic.DialAddr(dialCtx, a.cfg.ServerAddr, tlsConf, &quic.Config{
 		KeepAlivePeriod:       a.cfg.KeepAlive,
 		MaxIdleTimeout:        a.cfg.IdleTimeout,
@@ -151,6 +178,10 @@ func (a *Agent) session(ctx context.Context) (time.Duration, error) {
 	})
 	cancel()
 	if err != nil {
+		var idle *quic.IdleTimeoutError
+		if errors.As(err, &idle) && ctx.Err() == nil {
+			return 0, &noAnswerError{server: a.cfg.ServerAddr, after: a.cfg.HandshakeTimeout, err: err}
+		}
 		return 0, fmt.Errorf("connect to %s: %w", a.cfg.ServerAddr, err)
 	}
 	var wg sync.WaitGroup
@@ -188,6 +219,20 @@ func (a *Agent) session(ctx context.Context) (time.Duration, error) {
 		}()
 	}
 }
+
+// noAnswerError is a handshake that received no packet at all: the proxy's
+// UDP port is blocked on the way, or nothing listens there.
+type noAnswerError struct {
+	server string
+	after  time.Duration
+	err    error // quic-go's *IdleTimeoutError
+}
+
+func (e *noAnswerError) Error() string {
+	return fmt.Sprintf("no answer from the proxy over UDP within %s: is UDP to %s blocked, or is no proxy listening there?", e.after, e.server)
+}
+
+func (e *noAnswerError) Unwrap() error { return e.err }
 
 func (a *Agent) authenticate(ctx context.Context, conn *quic.Conn, cred string) error {
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.HandshakeTimeout)
@@ -266,7 +311,9 @@ func (a *Agent) refuse(stream *quic.Stream, status int, reason, target string) {
 
 // dial checks target against the allowlist, resolves it once and dials an
 // address it resolved: names are checked by name, literal IPs by address,
-// and the address dialed is the one checked.
+// and the address dialed is the one checked. Resolved addresses that are the
+// agent's own listeners, or local with BlockLocal, are skipped; when no
+// address is left the tunnel is denied.
 func (a *Agent) dial(ctx context.Context, target string) (net.Conn, error) {
 	host, port, err := wire.SplitHostPort(target)
 	if err != nil {
@@ -284,7 +331,7 @@ func (a *Agent) dial(ctx context.Context, target string) (net.Conn, error) {
 		if !a.cfg.Allow.Empty() && !a.cfg.Allow.AllowedName(host, port) {
 			return nil, wire.Errorf(wire.ErrDenied, "destination "+target+" is not allowed by the agent's allowlist")
 		}
-		addrs, err = a.cfg.Resolver.LookupNetIP(ctx, "ip", host)
+		addrs, err = a.lookup(ctx, host)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, wire.Errorf(wire.ErrTimeout, fmt.Sprintf("resolving %s timed out after %s", host, a.cfg.DialTimeout))
@@ -294,8 +341,19 @@ func (a *Agent) dial(ctx context.Context, target string) (net.Conn, error) {
 	}
 	var d net.Dialer
 	var firstErr error
+	var refused netip.Addr
+	var refusedWhat string
+	dialed := 0
 	for _, ip := range addrs {
-		c, err := d.DialContext(ctx, "tcp", netip.AddrPortFrom(ip.Unmap(), uint16(port)).String())
+		ip = ip.Unmap()
+		if what := a.refusal(ip, port); what != "" {
+			if !refused.IsValid() {
+				refused, refusedWhat = ip, what
+			}
+			continue
+		}
+		dialed++
+		c, err := d.DialContext(ctx, "tcp", netip.AddrPortFrom(ip, uint16(port)).String())
 		if err == nil {
 			return c, nil
 		}
@@ -306,6 +364,9 @@ func (a *Agent) dial(ctx context.Context, target string) (net.Conn, error) {
 			break
 		}
 	}
+	if dialed == 0 && refused.IsValid() {
+		return nil, wire.Errorf(wire.ErrDenied, refusedReason(target, refused, port, refusedWhat))
+	}
 	if ctx.Err() != nil {
 		return nil, wire.Errorf(wire.ErrTimeout, fmt.Sprintf("dial %s timed out after %s", target, a.cfg.DialTimeout))
 	}
@@ -313,6 +374,13 @@ func (a *Agent) dial(ctx context.Context, target string) (net.Conn, error) {
 		return nil, wire.Errorf(wire.ErrUnreachable, "cannot resolve "+host+": no addresses")
 	}
 	return nil, wire.Errorf(wire.ErrUnreachable, "dial "+target+": "+opReason(firstErr))
+}
+
+func (a *Agent) lookup(ctx context.Context, host string) ([]netip.Addr, error) {
+	if a.cfg.Lookup != nil {
+		return a.cfg.Lookup(ctx, host)
+	}
+	return a.cfg.Resolver.LookupNetIP(ctx, "ip", host)
 }
 
 func dnsReason(err error) string {

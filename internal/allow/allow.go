@@ -510,6 +510,29 @@ func (l *List) AllowedIP(ip netip.Addr, port int) bool {
 	return false
 }
 
+// AllowedIPWithin reports whether an address or CIDR pattern that lies
+// wholly inside within matches ip and port: 127.0.0.1:9090 and 127.0.0.0/8
+// lie inside 127.0.0.0/8, 0.0.0.0/0 does not. It tells an address the
+// operator named on purpose from one a broad pattern covers by accident. An
+// empty list allows nothing here.
+func (l *List) AllowedIPWithin(ip netip.Addr, port int, within netip.Prefix) bool {
+	if l.Empty() || !ip.IsValid() || ip.Zone() != "" || !within.IsValid() {
+		return false
+	}
+	ip = ip.Unmap()
+	if a := within.Addr(); a.Is4In6() && within.Bits() >= 96 {
+		within = netip.PrefixFrom(a.Unmap(), within.Bits()-96)
+	}
+	within = within.Masked()
+	for _, r := range l.addrs {
+		if r.ports.contains(port) && r.prefix.Contains(ip) &&
+			r.prefix.Bits() >= within.Bits() && within.Contains(r.prefix.Addr()) {
+			return true
+		}
+	}
+	return false
+}
+
 // String returns the normalised patterns, comma-separated, for logs. It is ""
 // for an empty list. Parsing the result gives an equal list.
 func (l *List) String() string {

@@ -662,3 +662,35 @@ func ExampleParse() {
 	// false
 	// allowlist pattern "10.0.0.0/33": invalid CIDR
 }
+
+func TestAllowedIPWithin(t *testing.T) {
+	loop := netip.MustParsePrefix("127.0.0.0/8")
+	meta := netip.MustParsePrefix("169.254.169.254/32")
+	for _, tc := range []struct {
+		patterns []string
+		ip       string
+		port     int
+		within   netip.Prefix
+		want     bool
+	}{
+		{[]string{"127.0.0.1:9090"}, "127.0.0.1", 9090, loop, true},
+		{[]string{"127.0.0.1:9090"}, "::ffff:127.0.0.1", 9090, loop, true},
+		{[]string{"127.0.0.1:9090"}, "127.0.0.1", 9091, loop, false},
+		{[]string{"127.0.0.0/8"}, "127.0.0.5", 1, loop, true},
+		{[]string{"127.0.0.0/16"}, "127.0.0.5", 1, loop, true},
+		{[]string{"0.0.0.0/0"}, "127.0.0.1", 1, loop, false},
+		{[]string{"::/0"}, "127.0.0.1", 1, loop, false},
+		{[]string{"localhost"}, "127.0.0.1", 1, loop, false}, // name rules never count
+		{[]string{"169.254.0.0/16"}, "169.254.169.254", 80, meta, false},
+		{[]string{"169.254.169.254"}, "169.254.169.254", 80, meta, true},
+		{nil, "127.0.0.1", 1, loop, false}, // an empty list names nothing
+	} {
+		l, err := allow.Parse(tc.patterns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := l.AllowedIPWithin(netip.MustParseAddr(tc.ip), tc.port, tc.within); got != tc.want {
+			t.Errorf("%q: AllowedIPWithin(%s, %d, %s) = %v, want %v", tc.patterns, tc.ip, tc.port, tc.within, got, tc.want)
+		}
+	}
+}

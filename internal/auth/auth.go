@@ -64,14 +64,17 @@ type Authenticator interface {
 // the proxy can use any connected agent.
 //
 // Unlike the reference, an ID (agent credential or client user) must also be
-// at most 256 bytes of valid UTF-8 without control characters, so it is safe
-// to log and to use as a route key.
+// at most 256 bytes of valid UTF-8 without control characters or ':' (see
+// CheckAgentID).
 func NoAuth() Authenticator { return noAuth{} }
 
 type noAuth struct{}
 
 func (noAuth) Agent(credential string) (string, error) {
 	if err := checkAgentID(credential); err != nil {
+		if looksLikeJWT(credential) {
+			return "", deny("agent ID: %v; this proxy uses noauth and the credential sent looks like a JWT (start the proxy with --auth.type=jwt, or the agent with --auth.noauth.agent-id)", err)
+		}
 		return "", deny("agent ID: %v", err)
 	}
 	return credential, nil
@@ -94,6 +97,10 @@ func JWT(v *Verifier) Authenticator { return jwtAuth{v: v} }
 type jwtAuth struct{ v *Verifier }
 
 func (a jwtAuth) Agent(credential string) (string, error) {
+	if !looksLikeJWT(credential) {
+		// Most likely a noauth agent, whose credential is its ID.
+		return "", deny("this proxy requires an agent JWT (--auth.type=jwt --auth.jwt.token=file:PATH); the credential sent is not a JWT")
+	}
 	c, err := a.v.Verify(credential, RoleAgent)
 	if err != nil {
 		return "", err
@@ -115,7 +122,36 @@ func (a jwtAuth) Client(user, password string) error {
 	return nil
 }
 
-// checkAgentID reports why id cannot be an agent ID, or nil.
+// looksLikeJWT reports whether s has the shape of a JWT in compact
+// serialization: three non-empty base64url parts separated by dots.
+func looksLikeJWT(s string) bool {
+	parts := 0
+	n := 0
+	for i := 0; i <= len(s); i++ {
+		if i == len(s) || s[i] == '.' {
+			if n == 0 {
+				return false
+			}
+			parts, n = parts+1, 0
+			continue
+		}
+		switch c := s[i]; {
+		case c >= 'A' && c <= 'Z', c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-', c == '_', c == '=':
+			n++
+		default:
+			return false
+		}
+	}
+	return parts == 3
+}
+
+// CheckAgentID reports why id cannot be the ID of an agent that clients
+// select, or nil. An ID is 1-256 bytes of UTF-8 without control characters
+// (so it is safe to log and to use as a route key) and without ':', which
+// would split the Basic user:password a client selects the agent with.
+func CheckAgentID(id string) error { return checkAgentID(id) }
+
+// checkAgentID is CheckAgentID.
 func checkAgentID(id string) error {
 	switch {
 	case id == "":
@@ -128,6 +164,9 @@ func checkAgentID(id string) error {
 	for _, r := range id {
 		if unicode.IsControl(r) {
 			return fmt.Errorf("control character %U", r)
+		}
+		if r == ':' {
+			return errors.New("contains ':', which separates user and password in Proxy-Authorization, so no client could select this agent")
 		}
 	}
 	return nil

@@ -23,6 +23,9 @@ func TestNoAuthAgent(t *testing.T) {
 		{"a\x7f", "control character U+007F"},
 		{"a\u0085", "control character U+0085"},
 		{"\xff\xfe", "not valid UTF-8"},
+		{"a:b", "contains ':', which separates user and password in Proxy-Authorization, so no client could select this agent"},
+		{":", "contains ':'"},
+		{"eyJhbGciOiJFUzI1NiJ9." + strings.Repeat("e", 300) + ".c2ln", "this proxy uses noauth and the credential sent looks like a JWT"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.credential, func(t *testing.T) {
@@ -79,6 +82,8 @@ func TestJWTAuthenticator(t *testing.T) {
 			_, err = a.Agent(tok("4711", RoleClient))
 			wantErr(t, err, "role client, want agent", ErrUnauthorized)
 			_, err = a.Agent("4711") // a noauth agent talking to a JWT proxy
+			wantErr(t, err, "this proxy requires an agent JWT (--auth.type=jwt --auth.jwt.token=file:PATH); the credential sent is not a JWT", ErrUnauthorized)
+			_, err = a.Agent("abc.def.ghi") // shaped like a JWT: jwt's own reason
 			wantErr(t, err, "token is malformed", ErrUnauthorized)
 			_, err = a.Agent(mustSign(t, kp.other, TokenOptions{AgentID: "4711", Role: RoleAgent, Audience: "proxy", Duration: time.Hour}))
 			wantErr(t, err, "signature is invalid", ErrUnauthorized)
@@ -111,5 +116,32 @@ func TestDeniedUnwrap(t *testing.T) {
 	err := error(&denied{reason: "r", cause: cause})
 	if !errors.Is(err, ErrUnauthorized) || !errors.Is(err, cause) || err.Error() != "unauthorized: r" {
 		t.Fatalf("denied = %q, want it to wrap ErrUnauthorized and its cause", err)
+	}
+}
+
+func TestLooksLikeJWT(t *testing.T) {
+	for s, want := range map[string]bool{
+		"eyJhbGciOiJFUzI1NiJ9.eyJhIjoxfQ.c2ln": true,
+		"a.b.c":                                true,
+		"a.b.c=":                               true,
+		"4711":                                 false,
+		"a.b":                                  false,
+		"a..c":                                 false,
+		".b.c":                                 false,
+		"a.b.c.d":                              false,
+		"a.b.c d":                              false,
+		"a.b/c.d":                              false,
+		"":                                     false,
+	} {
+		if got := looksLikeJWT(s); got != want {
+			t.Errorf("looksLikeJWT(%q) = %v, want %v", s, got, want)
+		}
+	}
+}
+
+func TestSignRefusesUnselectableAgentID(t *testing.T) {
+	kp := algKeys()[0]
+	if _, err := Sign(kp.key, TokenOptions{AgentID: "a:b", Role: RoleAgent, Duration: time.Hour}); err == nil || !strings.Contains(err.Error(), "contains ':'") {
+		t.Fatalf("Sign with agent ID a:b: %v, want refused", err)
 	}
 }

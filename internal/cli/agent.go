@@ -1,9 +1,12 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/reverse-http/reverse-http/internal/agent"
@@ -33,6 +36,7 @@ type AgentCmd struct {
 		MaxStreams       int64         `default:"100000" help:"How many tunnels the proxy may hold open through this agent at once."`
 		ReplacedWait     time.Duration `default:"30s" help:"After another agent with the same ID replaced this one, wait this long before reconnecting."`
 		BackoffMax       time.Duration `default:"30s" help:"Cap of the exponential reconnect backoff."`
+		BlockLocal       bool          `help:"Refuse destinations that resolve to loopback, link-local, unspecified or cloud metadata addresses (169.254.169.254, fd00:ec2::254), even when a name pattern allows the name; an address or CIDR pattern inside such a range re-allows what it covers."`
 	} `embed:"" prefix:"agent-client."`
 	Metrics MetricsConfig `embed:"" prefix:"metrics."`
 	Auth    struct {
@@ -77,14 +81,17 @@ func (c *AgentCmd) Run(e *Env) error {
 		if _, err := auth.TokenSource(src); err != nil {
 			return fmt.Errorf("--auth.jwt.token: %w", err)
 		}
+		if inlineFlag(e.Args, "auth.jwt.token") {
+			e.Log.Warn("--auth.jwt.token is given inline on the command line, where other local users can read it in the process list; --auth.jwt.token=file:PATH is safer")
+		}
 		credential = func() (string, error) { return auth.TokenSource(src) }
 	default:
 		id := c.Auth.NoAuth.AgentID
 		if id == "" {
 			return errors.New("--auth.noauth.agent-id: required with --auth.type=noauth")
 		}
-		if _, err := auth.NoAuth().Agent(id); err != nil {
-			return fmt.Errorf("--auth.noauth.agent-id: %w", err)
+		if err := auth.CheckAgentID(id); err != nil {
+			return fmt.Errorf("--auth.noauth.agent-id %q: %w", id, err)
 		}
 		credential = func() (string, error) { return id, nil }
 	}
@@ -103,8 +110,22 @@ func (c *AgentCmd) Run(e *Env) error {
 	if err != nil {
 		return flagError("agent-client", err)
 	}
-	e.Log.Info("agent starting", "server", ac.ServerAddress, "auth", c.Auth.Type, "allowlist", allowList.String())
 	m := metrics.New()
+	// The metrics listener is bound first: the agent refuses tunnels to it.
+	var own []netip.AddrPort
+	var serve []func(context.Context) error
+	if c.Metrics.ListenAddress != "" {
+		ln, err := metrics.Listen(c.Metrics.ListenAddress)
+		if err != nil {
+			return err
+		}
+		if ap, err := netip.ParseAddrPort(ln.Addr().String()); err == nil {
+			own = append(own, ap)
+		}
+		serve = append(serve, func(ctx context.Context) error { return m.ServeListener(ctx, ln, e.Log) })
+	}
+	e.Log.Info("agent starting", "server", ac.ServerAddress, "auth", c.Auth.Type, "allowlist", allowList.String(),
+		"block_local", ac.BlockLocal)
 	a := agent.New(agent.Config{
 		Metrics:          m,
 		ServerAddr:       ac.ServerAddress,
@@ -118,6 +139,26 @@ func (c *AgentCmd) Run(e *Env) error {
 		MaxStreams:       ac.MaxStreams,
 		ReplacedWait:     ac.ReplacedWait,
 		BackoffMax:       ac.BackoffMax,
+		BlockLocal:       ac.BlockLocal,
+		OwnListeners:     own,
 	}, e.Log)
-	return runAll(e.Ctx, append(c.Metrics.serve(m, e), a.Run)...)
+	return runAll(e.Ctx, append(serve, a.Run)...)
+}
+
+// inlineFlag reports whether args (the command line, without the program
+// name) set the flag name to a value given inline rather than as
+// file:PATH, in the --name=value or the --name value form.
+func inlineFlag(args []string, name string) bool {
+	for i, a := range args {
+		if a == "--" {
+			return false
+		}
+		if v, ok := strings.CutPrefix(a, "--"+name+"="); ok {
+			return !strings.HasPrefix(v, "file:")
+		}
+		if a == "--"+name && i+1 < len(args) {
+			return !strings.HasPrefix(args[i+1], "file:")
+		}
+	}
+	return false
 }

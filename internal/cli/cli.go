@@ -99,6 +99,7 @@ func (VersionCmd) Run(e *Env) error {
 type Env struct {
 	Ctx    context.Context
 	Log    *slog.Logger
+	Args   []string // the command line, without the program name
 	Stdin  io.Reader
 	Stdout io.Writer
 	Stderr io.Writer
@@ -152,7 +153,7 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 			return 2, true
 		}
 		log := cli.Log.logger(stderr)
-		env := &Env{Ctx: ctx, Log: log, Stdin: stdin, Stdout: stdout, Stderr: stderr}
+		env := &Env{Ctx: ctx, Log: log, Args: args, Stdin: stdin, Stdout: stdout, Stderr: stderr}
 		if err := kctx.Run(env); err != nil {
 			fmt.Fprintf(stderr, "reverse-http: error: %s\n", oneLine(err))
 			return 1, true

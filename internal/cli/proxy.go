@@ -447,9 +447,17 @@ func (c *ProxyCmd) agentTLS(e *Env) (conf *tls.Config, selfSigned string, err er
 }
 
 // flagError names the full flag in a tlsconf error, whose messages name
-// settings relative to their prefix ("tls.file.cert ...").
+// settings relative to their prefix ("tls.file.cert ..."). Only the setting
+// names are rewritten; paths in the message stay intact.
 func flagError(prefix string, err error) error {
-	return &prefixedError{msg: strings.ReplaceAll(err.Error(), "tls.", "--"+prefix+".tls."), err: err}
+	name := func(setting string) string {
+		if prefix == "http-connector" {
+			// The connector's key password is a file.* flag, unlike the servers'.
+			setting = strings.Replace(setting, "tls.key-password", "tls.file.key-password", 1)
+		}
+		return "--" + prefix + "." + setting
+	}
+	return &prefixedError{msg: tlsconf.Describe(err, name), err: err}
 }
 
 type prefixedError struct {

@@ -10,7 +10,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -102,15 +104,33 @@ func (m *Metrics) Request(kind string, status int) {
 // Serve serves /metrics, /healthz and Go's /debug/pprof/ on addr until ctx
 // ends. Bind it to a private address: profiles reveal internals.
 func (m *Metrics) Serve(ctx context.Context, addr string, log *slog.Logger) error {
+	ln, err := Listen(addr)
+	if err != nil {
+		return err
+	}
+	return m.ServeListener(ctx, ln, log)
+}
+
+// Listen binds the metrics listener on addr (TCP), for ServeListener; a
+// caller that must know the bound address before serving (the agent
+// refuses tunnels to it) binds first.
+func Listen(addr string) (net.Listener, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("--metrics.listen-address: %w", err)
+		return nil, fmt.Errorf("--metrics.listen-address: %w", err)
 	}
+	return ln, nil
+}
+
+// ServeListener is Serve on a bound listener, which it closes. The
+// command line at /debug/pprof/cmdline is the process's with the values of
+// secret flags (tokens, passwords) replaced; see RedactArgs.
+func (m *Metrics) ServeListener(ctx context.Context, ln net.Listener, log *slog.Logger) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/cmdline", cmdline)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
@@ -130,4 +150,56 @@ func (m *Metrics) Serve(ctx context.Context, addr string, log *slog.Logger) erro
 		return err
 	}
 	return nil
+}
+
+// cmdline is pprof.Cmdline with secrets redacted: the running program's
+// command line, arguments separated by NUL bytes.
+func cmdline(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	fmt.Fprint(w, strings.Join(RedactArgs(os.Args), "\x00"))
+}
+
+// Redacted replaces a secret flag value in RedactArgs.
+const Redacted = "REDACTED"
+
+// RedactArgs returns a copy of args with the value of every secret flag
+// replaced by Redacted: flags whose last dotted part is "token", or whose
+// name ends in "password" or "secret" (--auth.jwt.token,
+// --http-proxy.tls.key-password), in both the --flag=value and the
+// --flag value forms. A value "file:PATH" names a file, not a secret, and
+// is kept.
+func RedactArgs(args []string) []string {
+	out := make([]string, len(args))
+	copy(out, args)
+	for i := 0; i < len(out); i++ {
+		a := out[i]
+		if a == "--" {
+			break
+		}
+		if !strings.HasPrefix(a, "-") {
+			continue
+		}
+		name, value, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if !secretFlag(name) {
+			continue
+		}
+		if hasValue {
+			if !strings.HasPrefix(value, "file:") {
+				out[i] = a[:len(a)-len(value)] + Redacted
+			}
+			continue
+		}
+		if i+1 < len(out) && !strings.HasPrefix(out[i+1], "file:") {
+			out[i+1] = Redacted
+			i++
+		}
+	}
+	return out
+}
+
+func secretFlag(name string) bool {
+	name = strings.ToLower(name)
+	last := name[strings.LastIndexByte(name, '.')+1:]
+	return last == "token" || strings.HasSuffix(name, "password") || strings.HasSuffix(name, "secret")
 }

@@ -106,7 +106,7 @@ func parseKeyPEM(data []byte, password string) (crypto.Signer, error) {
 	switch {
 	case block.Type == pemEncryptedPrivKey:
 		if password == "" {
-			return nil, fmt.Errorf("key is encrypted (%s) and %s is not set", pemEncryptedPrivKey, settingKeyPassword)
+			return nil, errorf("key is encrypted (%s) and %s is not set", pemEncryptedPrivKey, settingKeyPassword)
 		}
 		der, err := decryptPKCS8(block.Bytes, []byte(password))
 		if err != nil {
@@ -123,7 +123,7 @@ func parseKeyPEM(data []byte, password string) (crypto.Signer, error) {
 	// OpenSSL still writes it and the reference accepts it.
 	case x509.IsEncryptedPEMBlock(block): //nolint:staticcheck // SA1019, see above
 		if password == "" {
-			return nil, fmt.Errorf("key is encrypted (Proc-Type: 4,ENCRYPTED) and %s is not set", settingKeyPassword)
+			return nil, errorf("key is encrypted (Proc-Type: 4,ENCRYPTED) and %s is not set", settingKeyPassword)
 		}
 		der, err := x509.DecryptPEMBlock(block, []byte(password)) //nolint:staticcheck // SA1019, see above
 		if errors.Is(err, x509.IncorrectPasswordError) {
@@ -142,7 +142,7 @@ func parseKeyPEM(data []byte, password string) (crypto.Signer, error) {
 }
 
 func wrongPassword() error {
-	return fmt.Errorf("%s: %w", settingKeyPassword, x509.IncorrectPasswordError)
+	return errorf("%s: %w", settingKeyPassword, x509.IncorrectPasswordError)
 }
 
 // parseKeyDER parses a PKCS#8, PKCS#1 or SEC 1 private key. Like

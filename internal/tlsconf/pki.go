@@ -298,7 +298,7 @@ func localPKIValid(dir string) bool {
 		{LocalProxyCert, LocalProxyKey, x509.ExtKeyUsageServerAuth},
 		{LocalAgentCert, LocalAgentKey, x509.ExtKeyUsageClientAuth},
 	} {
-		kp, err := keyPair(file{p.cert, p.cert}, read(p.cert), file{p.key, p.key}, read(p.key), "", discardLogger)
+		kp, err := keyPair(file{setting(p.cert), p.cert}, read(p.cert), file{setting(p.key), p.key}, read(p.key), "", discardLogger)
 		if err != nil {
 			return false
 		}

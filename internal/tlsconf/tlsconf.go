@@ -29,20 +29,26 @@ import (
 	"log/slog"
 	"math/big"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 )
 
 // Setting names, used in errors so that an operator knows which flag to fix.
+// They are relative to the flag's prefix; Describe renders them in full.
 const (
-	settingCert        = "tls.file.cert"
-	settingKey         = "tls.file.key"
-	settingKeyPassword = "tls.key-password"
-	settingClientCA    = "tls.file.client-ca"
-	settingClientCRL   = "tls.file.client-crl"
-	settingRootCA      = "tls.file.root-ca"
+	settingCert        setting = "tls.file.cert"
+	settingKey         setting = "tls.file.key"
+	settingKeyPassword setting = "tls.key-password"
+	settingClientCA    setting = "tls.file.client-ca"
+	settingClientCRL   setting = "tls.file.client-crl"
+	settingRootCA      setting = "tls.file.root-ca"
 )
+
+// setting is the name of a setting relative to its flag's prefix. In the
+// arguments of errorf it is rendered by Describe's name function.
+type setting string
 
 // FileError is a problem with one configured file. Its text names the setting
 // and the path: `tls.file.cert "/x.pem": open /x.pem: no such file or directory`.
@@ -52,13 +58,87 @@ type FileError struct {
 	Err     error
 }
 
-func (e *FileError) Error() string { return fmt.Sprintf("%s %q: %v", e.Setting, e.Path, e.Err) }
+func (e *FileError) Error() string { return e.describe(nil) }
 func (e *FileError) Unwrap() error { return e.Err }
 
-// file is one configured file: the setting it came from and its path.
-type file struct{ setting, path string }
+func (e *FileError) describe(name func(string) string) string {
+	return fmt.Sprintf("%s %q: %s", rename(name, e.Setting), e.Path, Describe(e.Err, name))
+}
 
-func (f file) fail(err error) error { return &FileError{Setting: f.setting, Path: f.path, Err: err} }
+// settingsError is an error whose text names settings: the arguments of
+// type setting are rendered by the name function given to Describe, and
+// arguments that are errors by Describe too. The rest (paths above all) is
+// never rewritten.
+type settingsError struct {
+	format string // with %v where errorf was given %w
+	args   []any
+	err    error // the argument given for %w, if any
+}
+
+// errorf is fmt.Errorf for messages that name settings.
+func errorf(format string, args ...any) error {
+	e := &settingsError{format: strings.ReplaceAll(format, "%w", "%v"), args: args}
+	if strings.Contains(format, "%w") {
+		for _, a := range args {
+			if err, ok := a.(error); ok {
+				e.err = err
+				break
+			}
+		}
+	}
+	return e
+}
+
+func (e *settingsError) Error() string { return e.describe(nil) }
+func (e *settingsError) Unwrap() error { return e.err }
+
+func (e *settingsError) describe(name func(string) string) string {
+	args := make([]any, len(e.args))
+	for i, a := range e.args {
+		switch v := a.(type) {
+		case setting:
+			args[i] = rename(name, string(v))
+		case error:
+			args[i] = Describe(v, name)
+		default:
+			args[i] = a
+		}
+	}
+	return fmt.Sprintf(e.format, args...)
+}
+
+func rename(name func(string) string, s string) string {
+	if name == nil {
+		return s
+	}
+	return name(s)
+}
+
+// Describe returns the text of err, an error of this package, with every
+// setting it names passed through name: a caller turns "tls.file.cert" into
+// its full flag "--agent-server.tls.file.cert", while paths and other text
+// stay exactly as they are. For any other error it is err.Error().
+func Describe(err error, name func(setting string) string) string {
+	if d, ok := err.(describer); ok {
+		return d.describe(name)
+	}
+	return err.Error()
+}
+
+// describer is implemented by the errors whose text names settings.
+type describer interface {
+	describe(name func(string) string) string
+}
+
+// file is one configured file: the setting it came from and its path.
+type file struct {
+	setting setting
+	path    string
+}
+
+func (f file) fail(err error) error {
+	return &FileError{Setting: string(f.setting), Path: f.path, Err: err}
+}
 
 // readFiles reads every file and returns their contents with a digest of all
 // of them, used to skip re-parsing when nothing changed.
@@ -124,13 +204,13 @@ func Server(f ServerFiles, refresh time.Duration, logger *slog.Logger) (*tls.Con
 	}
 	switch {
 	case f.Cert == "" && f.Key == "":
-		return nil, fmt.Errorf("%s and %s are required", settingCert, settingKey)
+		return nil, errorf("%s and %s are required", settingCert, settingKey)
 	case f.Key == "":
-		return nil, fmt.Errorf("%s is set but %s is not", settingCert, settingKey)
+		return nil, errorf("%s is set but %s is not", settingCert, settingKey)
 	case f.Cert == "":
-		return nil, fmt.Errorf("%s is set but %s is not", settingKey, settingCert)
+		return nil, errorf("%s is set but %s is not", settingKey, settingCert)
 	case f.ClientCRL != "" && f.ClientCA == "":
-		return nil, fmt.Errorf("%s requires %s", settingClientCRL, settingClientCA)
+		return nil, errorf("%s requires %s", settingClientCRL, settingClientCA)
 	}
 
 	src, err := newSource(refresh, logger, func(prev *serverMaterial) (*serverMaterial, error) {
@@ -225,7 +305,7 @@ func keyPair(cert file, certPEM []byte, key file, keyPEM []byte, password string
 	}
 	pub, ok := chain[0].PublicKey.(interface{ Equal(crypto.PublicKey) bool })
 	if !ok || !pub.Equal(priv.Public()) {
-		return tls.Certificate{}, key.fail(fmt.Errorf("private key does not match the certificate in %s %q", cert.setting, cert.path))
+		return tls.Certificate{}, key.fail(errorf("private key does not match the certificate in %s %q", cert.setting, cert.path))
 	}
 	if now := time.Now(); now.After(chain[0].NotAfter) {
 		logger.Warn("TLS certificate has expired", "file", cert.path, "not_after", chain[0].NotAfter)
@@ -260,7 +340,7 @@ func newRevocations(crls []*x509.RevocationList, cas []*x509.Certificate, ca, cr
 			}
 		}
 		if !signed {
-			return nil, crl.fail(fmt.Errorf("CRL %d (issuer %q) is not signed by a certificate in %s %q", i+1, l.Issuer, ca.setting, ca.path))
+			return nil, crl.fail(errorf("CRL %d (issuer %q) is not signed by a certificate in %s %q", i+1, l.Issuer, ca.setting, ca.path))
 		}
 		if !l.NextUpdate.IsZero() && time.Now().After(l.NextUpdate) {
 			logger.Warn("client CRL is past its next update", "file", crl.path, "next_update", l.NextUpdate)
@@ -341,9 +421,9 @@ func Client(o ClientOptions, logger *slog.Logger) (*tls.Config, error) {
 	f := o.Files
 	switch {
 	case f.Cert != "" && f.Key == "":
-		return nil, fmt.Errorf("%s is set but %s is not", settingCert, settingKey)
+		return nil, errorf("%s is set but %s is not", settingCert, settingKey)
 	case f.Key != "" && f.Cert == "":
-		return nil, fmt.Errorf("%s is set but %s is not", settingKey, settingCert)
+		return nil, errorf("%s is set but %s is not", settingKey, settingCert)
 	}
 
 	cfg := &tls.Config{

@@ -501,7 +501,7 @@ func TestStartupErrors(t *testing.T) {
 		name    string
 		server  *ServerFiles
 		client  *ClientFiles
-		setting string // FileError.Setting; empty: a plain error
+		setting setting // FileError.Setting; empty: a plain error
 		path    string
 		want    []string // substrings of the message
 		is      error
@@ -524,9 +524,9 @@ func TestStartupErrors(t *testing.T) {
 		{name: "key not matching cert", server: &ServerFiles{Cert: cert, Key: p.path(LocalAgentKey)},
 			setting: settingKey, path: p.path(LocalAgentKey), want: []string{"does not match", cert}},
 		{name: "wrong key password", server: &ServerFiles{Cert: cert, Key: encKey, KeyPassword: "wrong"},
-			setting: settingKey, path: encKey, is: x509.IncorrectPasswordError, want: []string{settingKeyPassword}},
+			setting: settingKey, path: encKey, is: x509.IncorrectPasswordError, want: []string{string(settingKeyPassword)}},
 		{name: "encrypted key without password", server: &ServerFiles{Cert: cert, Key: encKey},
-			setting: settingKey, path: encKey, want: []string{"encrypted", settingKeyPassword + " is not set"}},
+			setting: settingKey, path: encKey, want: []string{"encrypted", string(settingKeyPassword) + " is not set"}},
 		{name: "missing client CA", server: &ServerFiles{Cert: cert, Key: key, ClientCA: missing},
 			setting: settingClientCA, path: missing, is: fs.ErrNotExist},
 		{name: "garbage client CA", server: &ServerFiles{Cert: cert, Key: key, ClientCA: garbage},
@@ -567,10 +567,10 @@ func TestStartupErrors(t *testing.T) {
 			msg := err.Error()
 			if tt.setting != "" {
 				var fe *FileError
-				if !errors.As(err, &fe) || fe.Setting != tt.setting || fe.Path != tt.path {
+				if !errors.As(err, &fe) || fe.Setting != string(tt.setting) || fe.Path != tt.path {
 					t.Fatalf("error %q (%T) is not a FileError for %s %q", msg, err, tt.setting, tt.path)
 				}
-				if prefix := tt.setting + ` "` + tt.path + `": `; !strings.HasPrefix(msg, prefix) {
+				if prefix := string(tt.setting) + ` "` + tt.path + `": `; !strings.HasPrefix(msg, prefix) {
 					t.Fatalf("error %q does not start with %q", msg, prefix)
 				}
 			}

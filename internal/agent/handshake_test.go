@@ -1,0 +1,134 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/reverse-http/reverse-http/internal/tlsconf"
+	"github.com/reverse-http/reverse-http/internal/wire"
+)
+
+// lockedBuffer is a log sink safe for concurrent use.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// blackHole is a UDP socket on loopback that reads and drops every packet,
+// like a proxy behind a firewall that drops UDP.
+func blackHole(t *testing.T) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			if _, _, err := pc.ReadFrom(buf); err != nil {
+				return
+			}
+		}
+	}()
+	return pc.LocalAddr().String()
+}
+
+func TestHandshakeWithoutAnswer(t *testing.T) {
+	addr := blackHole(t)
+	logs := &lockedBuffer{}
+	a := New(Config{
+		ServerAddr:       addr,
+		TLS:              &tls.Config{ServerName: "localhost"},
+		Credential:       func() (string, error) { return "4711", nil },
+		HandshakeTimeout: 300 * time.Millisecond,
+		BackoffMax:       50 * time.Millisecond,
+	}, slog.New(slog.NewTextHandler(logs, nil)))
+
+	start := time.Now()
+	_, err := a.session(context.Background())
+	var na *noAnswerError
+	var idle *quic.IdleTimeoutError
+	if !errors.As(err, &na) || !errors.As(err, &idle) {
+		t.Fatalf("session: %v (%T), want a no-answer error wrapping quic's IdleTimeoutError", err, err)
+	}
+	if d := time.Since(start); d > 400*time.Millisecond+300*time.Millisecond {
+		t.Errorf("gave up after %s, want about the handshake timeout (300ms)", d)
+	}
+	want := "no answer from the proxy over UDP within 300ms: is UDP to " + addr + " blocked, or is no proxy listening there?"
+	if err.Error() != want {
+		t.Errorf("error %q, want %q", err, want)
+	}
+
+	// Run logs it.
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(logs.String(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line with %q:\n%s", want, logs)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestHandshakeAnsweredIsNotNoAnswer: a proxy that answers, here with a
+// certificate the agent does not trust, is not reported as unreachable.
+func TestHandshakeAnsweredIsNotNoAnswer(t *testing.T) {
+	cert, _, err := tlsconf.SelfSigned([]string{"localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := quic.ListenAddr("127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{wire.ALPN}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept(context.Background())
+			if err != nil {
+				return
+			}
+			c.CloseWithError(0, "")
+		}
+	}()
+	a := New(Config{
+		ServerAddr:       ln.Addr().String(),
+		TLS:              &tls.Config{ServerName: "localhost"}, // system roots: the self-signed certificate is refused
+		Credential:       func() (string, error) { return "4711", nil },
+		HandshakeTimeout: 2 * time.Second,
+	}, slog.New(slog.NewTextHandler(&lockedBuffer{}, nil)))
+	_, err = a.session(context.Background())
+	var na *noAnswerError
+	if err == nil || errors.As(err, &na) {
+		t.Fatalf("session: %v, want a TLS failure, not a no-answer error", err)
+	}
+}
