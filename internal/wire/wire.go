@@ -94,6 +94,11 @@ const (
 	CodeShutdown quic.ApplicationErrorCode = 0x102
 	// CodeProtocol: the peer broke this protocol.
 	CodeProtocol quic.ApplicationErrorCode = 0x103
+	// CodeTooManyAgents: the proxy holds as many agents as it may
+	// (--limits.agents); the agent authenticated but is not registered.
+	// The reason names the limit. Reconnect with backoff, possibly to
+	// another proxy.
+	CodeTooManyAgents quic.ApplicationErrorCode = 0x110
 )
 
 // Stream error codes, for CancelRead/CancelWrite on a tunnel stream.
