@@ -87,6 +87,14 @@ func (m *Metrics) Opened(d time.Duration) {
 func (m *Metrics) Closed(up, down int64) {
 	if m != nil {
 		m.TunnelsActive.Dec()
+		m.Bytes(up, down)
+	}
+}
+
+// Bytes records bytes relayed outside a tunnel's Opened and Closed: those
+// of a connection upgraded by an absolute-form request (101).
+func (m *Metrics) Bytes(up, down int64) {
+	if m != nil {
 		m.TunnelBytes.WithLabelValues("up").Add(float64(up))
 		m.TunnelBytes.WithLabelValues("down").Add(float64(down))
 	}
