@@ -234,3 +234,80 @@ func TestLimitFlags(t *testing.T) {
 	open = append(open, tn)
 	echoOnce(t, tn, "z")
 }
+
+// TestLBLimits: an lb passes a proxy's 429 (tunnels per agent, counted on
+// the proxy that holds the agent, forwarded tunnels included) on to the
+// client with the proxy's reason, and applies --limits.tunnels-per-client
+// itself.
+func TestLBLimits(t *testing.T) {
+	t.Parallel()
+	progs := haNeed(t)
+	mc := startMemcached(t, progs)
+	e := startEcho(t)
+	p := startStoreProxy(t, mc, "--limits.tunnels-per-agent=1")
+	startAgent(t, p, "a1")
+	startAgent(t, p, "a2")
+	l := startLB(t, mc, "--limits.tunnels-per-client=2")
+	auth1, auth2 := basicAuth("a1", "noauth"), basicAuth("a2", "noauth")
+
+	var open []*tunnel
+	defer func() {
+		for _, tn := range open {
+			tn.Close()
+		}
+	}()
+	// Through the lb as soon as the routes are written.
+	for _, auth := range []string{auth1, auth2} {
+		var tn *tunnel
+		if err := waitFor(startTimeout, func() error {
+			var err error
+			if tn, err = dialConnect(l.httpAddr, e.addr, auth, nil); err != nil {
+				return err
+			}
+			if tn.resp.StatusCode != 200 {
+				tn.Close()
+				return fmt.Errorf("CONNECT through the lb: %s", tn.resp.Status)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		open = append(open, tn)
+		echoOnce(t, tn, "x")
+	}
+	refused := func(proc *process, flag string) {
+		t.Helper()
+		tn, err := dialConnect(l.httpAddr, e.addr, auth1, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(tn.resp.Body)
+		tn.Close()
+		checkRefusal(t, tn.resp, body, http.StatusTooManyRequests)
+		if !strings.Contains(string(body), flag) {
+			t.Errorf("429 body %q does not name %s", body, flag)
+		}
+		proc.waitLog(t, startTimeout, 1, "request refused", "status", "429", "reason", strings.TrimSuffix(string(body), "\n"))
+	}
+	// The lb's own limit: this client has two tunnels open through it.
+	refused(l.process, "--limits.tunnels-per-client")
+	// One place free at the lb, but a1 is at its limit on the proxy.
+	open[1].Close()
+	open = open[:1]
+	if err := waitFor(startTimeout, func() error {
+		tn, err := dialConnect(l.httpAddr, e.addr, auth1, nil)
+		if err != nil {
+			return err
+		}
+		body, _ := io.ReadAll(tn.resp.Body)
+		tn.Close()
+		if !strings.Contains(string(body), "--limits.tunnels-per-agent") {
+			return fmt.Errorf("CONNECT through the lb: %s %q", tn.resp.Status, body)
+		}
+		checkRefusal(t, tn.resp, body, http.StatusTooManyRequests)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	p.waitLog(t, startTimeout, 1, "request refused", "agent", "a1", "status", "429")
+}
