@@ -452,3 +452,24 @@ func value(c prometheus.Counter) float64 {
 	}
 	return m.GetCounter().GetValue()
 }
+
+// TestIdleTimeoutCutsStalledRequest: an absolute-form request whose origin
+// sends nothing for TunnelIdleTimeout gets 504 naming the flag.
+func TestIdleTimeoutCutsStalledRequest(t *testing.T) {
+	h, logs, _ := newFront(t, front.Config{TunnelIdleTimeout: 300 * time.Millisecond}, "4711")
+	release := make(chan struct{})
+	defer close(release)
+	web := origin(t, release, nil)
+	start := time.Now()
+	resp, err := rawGet(serveFront(t, h), web, "/hold", basic("4711", "noauth"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusGatewayTimeout {
+		t.Fatalf("stalled request: %s, want 504", resp.Status)
+	}
+	if took := time.Since(start); took > 3*time.Second {
+		t.Errorf("answered after %s", took)
+	}
+	logs.waitLog(t, `msg="request forwarded"`, "status=504", "--limits.tunnel-idle-timeout")
+}
