@@ -77,11 +77,11 @@ type Config struct {
 	// DefaultMaxTransports.
 	MaxTransports int
 	// MaxHeaderBytes bounds a request's header in NewServer; larger ones
-	// get 431. Zero means DefaultMaxHeaderBytes.
+	// get 431. Zero means the constant MaxHeaderBytes (64 KiB).
 	MaxHeaderBytes int
 	// ReadHeaderTimeout bounds reading a request's header in NewServer;
-	// a client that is slower is disconnected. Zero means
-	// DefaultReadHeaderTimeout.
+	// a client that is slower is disconnected. Zero means the constant
+	// ReadHeaderTimeout (10s).
 	ReadHeaderTimeout time.Duration
 }
 
@@ -106,18 +106,19 @@ func New(cfg Config, log *slog.Logger) *Handler {
 	return h
 }
 
-// Server limits, as the issue and common sense ask.
+// Server limits, as the issue and common sense ask. MaxHeaderBytes and
+// ReadHeaderTimeout are the defaults of the Config fields of those names.
 const (
-	DefaultMaxHeaderBytes    = 64 << 10
-	DefaultReadHeaderTimeout = 10 * time.Second
-	IdleTimeout              = 120 * time.Second
+	MaxHeaderBytes    = 64 << 10
+	ReadHeaderTimeout = 10 * time.Second
+	IdleTimeout       = 120 * time.Second
 )
 
 // NewServer wraps h in an http.Server with header limits and timeouts:
 // those of h's Config if h is a *Handler, else the defaults. tlsConf, if
 // not nil, makes it serve HTTPS (the proxy itself over TLS).
 func NewServer(addr string, h http.Handler, tlsConf *tls.Config, log *slog.Logger) *http.Server {
-	maxHeader, readHeader := DefaultMaxHeaderBytes, DefaultReadHeaderTimeout
+	maxHeader, readHeader := MaxHeaderBytes, ReadHeaderTimeout
 	if fh, ok := h.(*Handler); ok {
 		if fh.cfg.MaxHeaderBytes > 0 {
 			maxHeader = fh.cfg.MaxHeaderBytes
