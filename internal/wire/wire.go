@@ -18,7 +18,9 @@
 // on the same stream with a message of the same framing whose payload is
 // [AuthOK] ("authenticated") and closes the stream; on failure it closes the
 // whole connection with an application error ([CodeAuthFailed]; the reference
-// proxy uses 500). Both sides bound the exchange with a timeout.
+// proxy uses 500), and a proxy at its limit of agents closes it with
+// [CodeTooManyAgents] instead of answering. Both sides bound the exchange with
+// a timeout.
 //
 // # Tunnels
 //
