@@ -33,6 +33,10 @@ type LBCmd struct {
 		Memcached  MemcachedConfig `embed:"" prefix:"memcached."`
 	} `embed:"" prefix:"store."`
 	ShutdownTimeout time.Duration `name:"shutdown-timeout" default:"10s" help:"How long a graceful stop may take: draining clients and their tunnels. The process exits by then."`
+
+	// See limits.go.
+	Limits     ClientLimits    `embed:"" prefix:"limits."`
+	HTTPLimits HTTPProxyLimits `embed:"" prefix:"http-proxy."`
 }
 
 // Run starts the lb and blocks until the context ends.
@@ -47,6 +51,9 @@ func (c *LBCmd) Run(e *Env) error {
 		if err := checkDuration(flag, d); err != nil {
 			return err
 		}
+	}
+	if err := c.Limits.check(c.HTTPLimits); err != nil {
+		return err
 	}
 	cs, err := newClientSide(e, c.Auth, c.HTTPProxy.HostWhitelist, c.HTTPProxy.TLS, c.HTTPConnector.TLS)
 	if err != nil {
@@ -69,7 +76,7 @@ func (c *LBCmd) Run(e *Env) error {
 		DialTimeout: c.HTTPConnector.DialTimeout,
 		Log:         e.Log.With("component", "forwarder"),
 	}
-	handler := front.New(front.Config{Auth: cs.auth, Allow: cs.allow, Dialer: fwd, Metrics: m}, e.Log.With("component", "http-proxy"))
+	handler := front.New(c.Limits.frontConfig(c.HTTPLimits, front.Config{Auth: cs.auth, Allow: cs.allow, Dialer: fwd, Metrics: m}), e.Log.With("component", "http-proxy"))
 	hs := front.NewServer(c.HTTPProxy.ListenAddress, handler, cs.serverTLS, e.Log)
 	e.Log.Info("route store", "type", "memcached", "servers", strings.Join(store.Servers(), ","), "cluster_key", c.Store.ClusterKey != "")
 	logListening(e, ln, cs.serverTLS, c.Auth.Type, cs.allow)

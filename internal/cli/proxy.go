@@ -107,6 +107,10 @@ type ProxyCmd struct {
 		Memcached        MemcachedConfig `embed:"" prefix:"memcached."`
 	} `embed:"" prefix:"store."`
 	ShutdownTimeout time.Duration `name:"shutdown-timeout" default:"10s" help:"How long a graceful stop may take: draining clients, closing agents and releasing routes. The process exits by then."`
+
+	// See limits.go.
+	Limits     ProxyLimits     `embed:"" prefix:"limits."`
+	HTTPLimits HTTPProxyLimits `embed:"" prefix:"http-proxy."`
 }
 
 // AuthVerifier is --auth.* on proxy and lb.
@@ -216,6 +220,9 @@ func (c *ProxyCmd) Run(e *Env) error {
 			return err
 		}
 	}
+	if err := c.Limits.check(c.HTTPLimits); err != nil {
+		return err
+	}
 	if c.Store.Type == "memcached" && c.Store.TTL < 3*time.Second {
 		return fmt.Errorf("--store.ttl: must be at least 3s (routes are renewed every ttl/3), got %s", c.Store.TTL)
 	}
@@ -238,7 +245,7 @@ func (c *ProxyCmd) Run(e *Env) error {
 		handler *front.Handler
 		routes  *proxy.Routes
 	)
-	srv := proxy.New(proxy.Config{
+	srv := proxy.New(c.Limits.proxyConfig(proxy.Config{
 		Metrics:           m,
 		ListenAddr:        c.AgentServer.ListenAddress,
 		TLS:               agentTLS,
@@ -254,7 +261,7 @@ func (c *ProxyCmd) Run(e *Env) error {
 				routes.Notify(id, up)
 			}
 		},
-	}, e.Log.With("component", "agent-server"))
+	}), e.Log.With("component", "agent-server"))
 	if err := srv.Listen(); err != nil {
 		return fmt.Errorf("--agent-server.listen-address: %w", errors.Unwrap(err))
 	}
@@ -290,7 +297,7 @@ func (c *ProxyCmd) Run(e *Env) error {
 		e.Log.Info("route store", "type", "memcached", "servers", strings.Join(store.Servers(), ","), "route", self, "ttl", c.Store.TTL.String(),
 			"cluster_key", c.Store.ClusterKey != "")
 	}
-	handler = front.New(front.Config{Auth: authn, Allow: allowList, Dialer: dialer, Metrics: m}, e.Log.With("component", "http-proxy"))
+	handler = front.New(c.Limits.frontConfig(c.HTTPLimits, front.Config{Auth: authn, Allow: allowList, Dialer: dialer, Metrics: m}), e.Log.With("component", "http-proxy"))
 	if selfSigned != "" {
 		e.Log.Warn("no --agent-server.tls.file.cert/key: using a self-signed certificate generated in memory; agents must use --agent-client.tls.insecure-skip-verify",
 			"sha256_fingerprint", selfSigned)

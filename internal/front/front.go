@@ -4,15 +4,16 @@
 package front
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -61,6 +62,27 @@ type Config struct {
 	Dialer Dialer
 	// Metrics, if not nil, records requests and tunnels.
 	Metrics *metrics.Metrics
+
+	// MaxTunnelsPerClient is how many CONNECT tunnels and absolute-form
+	// requests one client IP address may have open at once; past it the
+	// client gets 429. Requests forwarded by another node (ForwardedHeader)
+	// were counted there and are not counted again. Zero means no limit.
+	MaxTunnelsPerClient int
+	// TunnelIdleTimeout ends a CONNECT tunnel, or a connection through an
+	// agent that serves absolute-form requests, that moved no byte either
+	// way for this long. Zero means never.
+	TunnelIdleTimeout time.Duration
+	// MaxTransports bounds the connection pools kept for absolute-form
+	// requests, one per agent (see transports). Zero means
+	// DefaultMaxTransports.
+	MaxTransports int
+	// MaxHeaderBytes bounds a request's header in NewServer; larger ones
+	// get 431. Zero means the constant MaxHeaderBytes (64 KiB).
+	MaxHeaderBytes int
+	// ReadHeaderTimeout bounds reading a request's header in NewServer;
+	// a client that is slower is disconnected. Zero means the constant
+	// ReadHeaderTimeout (10s).
+	ReadHeaderTimeout time.Duration
 }
 
 // Handler serves proxy clients.
@@ -68,33 +90,50 @@ type Handler struct {
 	cfg Config
 	log *slog.Logger
 
-	mu         sync.Mutex
-	transports map[string]*http.Transport // per agent, for absolute-form requests
-	tunnels    atomic.Int64               // CONNECT tunnels open now
+	transports *transports       // per agent, for absolute-form requests
+	clients    *clientCounts     // nil without MaxTunnelsPerClient
+	idle       *relay.IdleCloser // nil without TunnelIdleTimeout
+	tunnels    atomic.Int64      // CONNECT tunnels open now
 }
 
 // New makes a Handler.
 func New(cfg Config, log *slog.Logger) *Handler {
-	return &Handler{cfg: cfg, log: log, transports: make(map[string]*http.Transport)}
+	h := &Handler{cfg: cfg, log: log, idle: relay.NewIdleCloser(cfg.TunnelIdleTimeout)}
+	h.transports = newTransports(cfg.MaxTransports, h.newTransport)
+	if cfg.MaxTunnelsPerClient > 0 {
+		h.clients = newClientCounts(cfg.MaxTunnelsPerClient)
+	}
+	return h
 }
 
-// Server limits, as the issue and common sense ask.
+// Server limits, as the issue and common sense ask. MaxHeaderBytes and
+// ReadHeaderTimeout are the defaults of the Config fields of those names.
 const (
 	MaxHeaderBytes    = 64 << 10
 	ReadHeaderTimeout = 10 * time.Second
 	IdleTimeout       = 120 * time.Second
 )
 
-// NewServer wraps h in an http.Server with header limits and timeouts.
-// tlsConf, if not nil, makes it serve HTTPS (the proxy itself over TLS).
+// NewServer wraps h in an http.Server with header limits and timeouts:
+// those of h's Config if h is a *Handler, else the defaults. tlsConf, if
+// not nil, makes it serve HTTPS (the proxy itself over TLS).
 func NewServer(addr string, h http.Handler, tlsConf *tls.Config, log *slog.Logger) *http.Server {
+	maxHeader, readHeader := MaxHeaderBytes, ReadHeaderTimeout
+	if fh, ok := h.(*Handler); ok {
+		if fh.cfg.MaxHeaderBytes > 0 {
+			maxHeader = fh.cfg.MaxHeaderBytes
+		}
+		if fh.cfg.ReadHeaderTimeout > 0 {
+			readHeader = fh.cfg.ReadHeaderTimeout
+		}
+	}
 	return &http.Server{
 		Addr:              addr,
 		Handler:           h,
 		TLSConfig:         tlsConf,
-		ReadHeaderTimeout: ReadHeaderTimeout,
+		ReadHeaderTimeout: readHeader,
 		IdleTimeout:       IdleTimeout,
-		MaxHeaderBytes:    MaxHeaderBytes,
+		MaxHeaderBytes:    maxHeader,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 		// No HTTP/2 on the proxy port: CONNECT tunnels need HTTP/1.1.
 		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
@@ -103,15 +142,7 @@ func NewServer(addr string, h http.Handler, tlsConf *tls.Config, log *slog.Logge
 
 // Forget drops the connection pool kept for agentID's absolute-form
 // requests; call it when the agent disconnects.
-func (h *Handler) Forget(agentID string) {
-	h.mu.Lock()
-	t := h.transports[agentID]
-	delete(h.transports, agentID)
-	h.mu.Unlock()
-	if t != nil {
-		t.CloseIdleConnections()
-	}
-}
+func (h *Handler) Forget(agentID string) { h.transports.forget(agentID) }
 
 // Drain waits until no CONNECT tunnel is open or ctx ends, and closes the
 // idle connections of absolute-form requests. http.Server.Shutdown does
@@ -126,11 +157,7 @@ func (h *Handler) Drain(ctx context.Context) {
 		case <-t.C:
 		}
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	for _, tr := range h.transports {
-		tr.CloseIdleConnections()
-	}
+	h.transports.closeIdle()
 }
 
 // ServeHTTP authenticates, checks the allowlist and serves a CONNECT or an
@@ -156,11 +183,22 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, agentID, target, http.StatusForbidden, "destination "+target+" is not allowed by the proxy's allowlist")
 		return
 	}
+	release := func() {}
+	if h.clients != nil && !Forwarded(r.Context()) {
+		addr := clientAddr(r.RemoteAddr)
+		if !h.clients.acquire(addr) {
+			h.fail(w, r, agentID, target, http.StatusTooManyRequests, fmt.Sprintf(
+				"client %s has %d tunnels and requests open, its limit (--limits.tunnels-per-client)", addr, h.cfg.MaxTunnelsPerClient))
+			return
+		}
+		release = func() { h.clients.release(addr) }
+	}
 	if r.Method == http.MethodConnect {
-		h.connect(w, r, agentID, target)
+		h.connect(w, r, agentID, target, release)
 		return
 	}
-	h.forward(w, r, agentID)
+	defer release()
+	h.forward(w, r, agentID, target)
 }
 
 // destination returns the host:port a request wants.
@@ -235,13 +273,16 @@ func writeError(w http.ResponseWriter, status int, reason string, closeConn bool
 	fmt.Fprintln(w, reason)
 }
 
-func (h *Handler) connect(w http.ResponseWriter, r *http.Request, agentID, target string) {
+// connect serves a CONNECT; release is called once the tunnel has ended
+// or failed to open.
+func (h *Handler) connect(w http.ResponseWriter, r *http.Request, agentID, target string, release func()) {
 	start := time.Now()
 	// Not r.Context(): net/http cancels it when the client half-closes
 	// right behind its CONNECT, which is legitimate. The dial timeout
 	// bounds the wait for a client that left.
 	tunnel, err := h.cfg.Dialer.Dial(context.WithoutCancel(r.Context()), agentID, target)
 	if err != nil {
+		release()
 		h.fail(w, r, agentID, target, wire.Status(err), err.Error())
 		return
 	}
@@ -251,6 +292,7 @@ func (h *Handler) connect(w http.ResponseWriter, r *http.Request, agentID, targe
 	conn, brw, err := rc.Hijack()
 	if err != nil {
 		tunnel.Close()
+		release()
 		h.fail(w, r, agentID, target, http.StatusInternalServerError, "cannot take over the connection: "+err.Error())
 		return
 	}
@@ -258,6 +300,7 @@ func (h *Handler) connect(w http.ResponseWriter, r *http.Request, agentID, targe
 	if _, err := conn.Write([]byte("HTTP/1.1 200 Connection established\r\n\r\n")); err != nil {
 		tunnel.Close()
 		conn.Close()
+		release()
 		return
 	}
 	// The relay runs in goroutines of its own and this one, whose stack
@@ -265,8 +308,9 @@ func (h *Handler) connect(w http.ResponseWriter, r *http.Request, agentID, targe
 	// kept: an open tunnel costs its two connections and two small stacks.
 	h.tunnels.Add(1)
 	clientAddr := r.RemoteAddr
-	relay.Start(relay.NewTCP(conn, brw.Reader), relay.AsConn(tunnel), func(res relay.Result) {
+	relay.StartIdle(relay.NewTCP(conn, brw.Reader), relay.AsConn(tunnel), h.idle, func(res relay.Result) {
 		defer h.tunnels.Add(-1)
+		release()
 		h.cfg.Metrics.Closed(res.AToB, res.BToA)
 		h.logTunnel(agentID, clientAddr, target, "CONNECT", start, res)
 	})
@@ -283,10 +327,60 @@ func (h *Handler) logTunnel(agentID, client, target, method string, start time.T
 }
 
 // forward serves an absolute-form request through the agent, reusing
-// tunnels as keep-alive connections to the origin.
-func (h *Handler) forward(w http.ResponseWriter, r *http.Request, agentID string) {
+// tunnels as keep-alive connections to the origin. A request upgraded to
+// another protocol (101, a WebSocket) is relayed until either side ends.
+func (h *Handler) forward(w http.ResponseWriter, r *http.Request, agentID, target string) {
 	start := time.Now()
 	sw := &statusWriter{ResponseWriter: w}
+	if r.Body != nil && r.Body != http.NoBody {
+		sw.body = &countingBody{ReadCloser: r.Body}
+		r.Body = sw.body
+	}
+	defer func() {
+		up, down := sw.bytes()
+		attrs := []any{"agent", agentID, "client", r.RemoteAddr, "method", r.Method,
+			"url", r.URL.Redacted(), "status", sw.status, "bytes_up", up, "bytes_down", down,
+			"duration", time.Since(start).Round(time.Millisecond).String()}
+		if sw.reason != "" {
+			attrs = append(attrs, "reason", sw.reason)
+		}
+		h.log.Info("request forwarded", attrs...)
+		h.cfg.Metrics.Request("forward", sw.status)
+		if sw.upgraded != nil {
+			h.cfg.Metrics.Bytes(sw.upgraded.up.Load(), sw.upgraded.down.Load())
+		}
+	}()
+	errorHandler := func(w http.ResponseWriter, r *http.Request, err error) {
+		status := wire.Status(err)
+		var we *wire.Error
+		reason := err.Error()
+		switch {
+		case errors.Is(err, context.Canceled):
+			status = 499 // client went away; only logged
+		case errors.Is(err, relay.ErrIdle):
+			status = http.StatusGatewayTimeout
+			reason = fmt.Sprintf("idle timeout: no bytes either way for %s (--limits.tunnel-idle-timeout)", h.idle.Timeout())
+		case errors.As(err, &we):
+			reason = we.Reason
+		}
+		sw.reason = reason
+		writeError(w, status, reason, false)
+	}
+
+	e := h.transports.get(agentID)
+	if e == nil {
+		// No pool for this agent yet: dial first, so that only an agent
+		// that answers gets one.
+		conn, err := h.cfg.Dialer.Dial(r.Context(), agentID, target)
+		if err != nil {
+			errorHandler(sw, r, err)
+			return
+		}
+		conn = h.idle.Conn(conn)
+		e = h.transports.add(agentID, conn, target)
+		defer e.dropFirst(conn)
+	}
+	defer h.transports.done(e)
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL = pr.In.URL
@@ -294,62 +388,116 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, agentID string
 			pr.Out.RequestURI = ""
 			pr.Out.Header.Del(ForwardedHeader)
 		},
-		Transport:     h.transport(agentID),
+		Transport:     e.t,
 		FlushInterval: -1,
-		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			status := wire.Status(err)
-			if errors.Is(err, context.Canceled) {
-				status = 499 // client went away; only logged
-			}
-			var we *wire.Error
-			reason := err.Error()
-			if errors.As(err, &we) {
-				reason = we.Reason
-			}
-			sw.reason = reason
-			writeError(w, status, reason, false)
-		},
-		ErrorLog: slog.NewLogLogger(h.log.Handler(), slog.LevelDebug),
+		ErrorHandler:  errorHandler,
+		ErrorLog:      slog.NewLogLogger(h.log.Handler(), slog.LevelDebug),
 	}
 	rp.ServeHTTP(sw, r)
-	attrs := []any{"agent", agentID, "client", r.RemoteAddr, "method", r.Method,
-		"url", r.URL.Redacted(), "status", sw.status, "bytes_down", sw.n,
-		"duration", time.Since(start).Round(time.Millisecond).String()}
-	if sw.reason != "" {
-		attrs = append(attrs, "reason", sw.reason)
-	}
-	h.log.Info("request forwarded", attrs...)
-	h.cfg.Metrics.Request("forward", sw.status)
 }
 
-func (h *Handler) transport(agentID string) *http.Transport {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	t := h.transports[agentID]
-	if t == nil {
-		t = &http.Transport{
-			DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
-				return h.cfg.Dialer.Dial(ctx, agentID, addr)
-			},
-			Proxy:                 nil,
-			ForceAttemptHTTP2:     false,
-			MaxIdleConnsPerHost:   16,
-			IdleConnTimeout:       90 * time.Second,
-			ResponseHeaderTimeout: 0,
-			DisableCompression:    true,
-			TLSHandshakeTimeout:   10 * time.Second,
-		}
-		h.transports[agentID] = t
+// newTransport makes the connection pool of e's agent.
+func (h *Handler) newTransport(e *transportEntry) *http.Transport {
+	agentID := e.id
+	return &http.Transport{
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			if c := e.take(addr); c != nil {
+				return c, nil
+			}
+			c, err := h.cfg.Dialer.Dial(ctx, agentID, addr)
+			if err != nil {
+				return nil, err
+			}
+			return h.idle.Conn(c), nil
+		},
+		Proxy:                 nil,
+		ForceAttemptHTTP2:     false,
+		MaxIdleConnsPerHost:   maxIdlePerAgent,
+		IdleConnTimeout:       transportIdle,
+		ResponseHeaderTimeout: 0,
+		DisableCompression:    true,
+		TLSHandshakeTimeout:   10 * time.Second,
 	}
-	return t
 }
 
-// statusWriter records the status and body size of a forwarded response.
+// statusWriter records the status and body size of a forwarded response,
+// and the bytes relayed after an upgrade.
 type statusWriter struct {
 	http.ResponseWriter
-	status int
-	n      int64
-	reason string // why the proxy answered with an error, if it did
+	status   int
+	n        int64
+	reason   string        // why the proxy answered with an error, if it did
+	body     *countingBody // the request body, if there is one
+	upgraded *countingConn // the client's connection after a 101
+}
+
+// bytes returns the bytes relayed up (request body, then the upgraded
+// connection's) and down (response body, then the upgraded connection's).
+func (s *statusWriter) bytes() (up, down int64) {
+	up, down = 0, s.n
+	if s.body != nil {
+		up = s.body.n.Load()
+	}
+	if s.upgraded != nil {
+		up += s.upgraded.up.Load()
+		down += s.upgraded.down.Load()
+	}
+	return up, down
+}
+
+// Hijack takes over the client's connection. httputil.ReverseProxy does
+// that only to relay a 101 Switching Protocols, which it writes itself:
+// the status is recorded here, and the connection counts the bytes.
+func (s *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, brw, err := http.NewResponseController(s.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	if s.status == 0 {
+		s.status = http.StatusSwitchingProtocols
+	}
+	s.upgraded = &countingConn{Conn: c}
+	return s.upgraded, brw, nil
+}
+
+// countingBody counts the bytes read from a request body.
+type countingBody struct {
+	io.ReadCloser
+	n atomic.Int64
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.n.Add(int64(n))
+	return n, err
+}
+
+// countingConn counts the bytes read from (up) and written to (down) a
+// client connection; both copies of an upgraded connection use it at once.
+type countingConn struct {
+	net.Conn
+	up, down atomic.Int64
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.up.Add(int64(n))
+	return n, err
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.down.Add(int64(n))
+	return n, err
+}
+
+// CloseWrite half-closes the connection when it can, so that the end of
+// the origin's bytes reaches the client.
+func (c *countingConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
 }
 
 func (s *statusWriter) WriteHeader(code int) {

@@ -25,7 +25,7 @@ type Metrics struct {
 	Registry *prometheus.Registry
 
 	AgentsConnected prometheus.Gauge
-	AgentSessions   *prometheus.CounterVec // result: ok, auth_failed, replaced
+	AgentSessions   *prometheus.CounterVec // result: ok, auth_failed, replaced, over_limit, rate_limited
 	TunnelsActive   prometheus.Gauge
 	Tunnels         *prometheus.CounterVec // kind: connect, forward, agent; status: HTTP status code
 	TunnelBytes     *prometheus.CounterVec // direction: up (client to destination), down
@@ -42,7 +42,7 @@ func New() *Metrics {
 			Name: "reverse_http_agents_connected", Help: "Agents connected to this proxy, or 1 if this agent is connected.",
 		}),
 		AgentSessions: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "reverse_http_agent_sessions_total", Help: "Agent connections by how authentication ended: ok, auth_failed, replaced.",
+			Name: "reverse_http_agent_sessions_total", Help: "Agent connections by how they ended or began: ok, auth_failed, replaced, over_limit (--limits.agents), rate_limited (--limits.agent-handshakes-per-second).",
 		}, []string{"result"}),
 		TunnelsActive: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "reverse_http_tunnels_active", Help: "Tunnels open now.",
@@ -89,6 +89,14 @@ func (m *Metrics) Opened(d time.Duration) {
 func (m *Metrics) Closed(up, down int64) {
 	if m != nil {
 		m.TunnelsActive.Dec()
+		m.Bytes(up, down)
+	}
+}
+
+// Bytes records bytes relayed outside a tunnel's Opened and Closed: those
+// of a connection upgraded by an absolute-form request (101).
+func (m *Metrics) Bytes(up, down int64) {
+	if m != nil {
 		m.TunnelBytes.WithLabelValues("up").Add(float64(up))
 		m.TunnelBytes.WithLabelValues("down").Add(float64(down))
 	}

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -48,6 +49,24 @@ type Config struct {
 	OnAgent func(agentID string, up bool)
 	// Metrics, if not nil, records agent sessions.
 	Metrics *metrics.Metrics
+
+	// MaxAgents is how many agents may be connected at once. Past it, a
+	// new agent is closed with wire.CodeTooManyAgents once it has
+	// authenticated (one that replaces a connection with its own ID is let
+	// in). Zero means no limit.
+	MaxAgents int
+	// MaxTunnelsPerAgent is how many tunnels may be open through one agent
+	// at once, those forwarded here by other nodes included (absolute-form
+	// keep-alive connections count while they are open). Past it Dial
+	// fails with wire.ErrLimit. Zero means no limit.
+	MaxTunnelsPerAgent int
+	// HandshakesPerSecond is the rate of new agent connections, a token
+	// bucket of HandshakeBurst: past it a connection is refused with QUIC's
+	// CONNECTION_REFUSED before any TLS work. Zero means no limit.
+	HandshakesPerSecond float64
+	// HandshakeBurst is the size of that bucket. Zero means twice
+	// HandshakesPerSecond (at least 1).
+	HandshakeBurst int
 }
 
 // Server accepts agents and dials tunnels through them.
@@ -60,12 +79,14 @@ type Server struct {
 	agents  map[string]*session
 	closing bool // Run is closing: no agent is registered any more
 	wg      sync.WaitGroup
+	hs      *handshakeLimiter // nil without a handshake rate limit
 }
 
 type session struct {
-	id    string
-	conn  *quic.Conn
-	since time.Time
+	id      string
+	conn    *quic.Conn
+	since   time.Time
+	tunnels atomic.Int64 // open through this agent now
 }
 
 // New makes a Server; Listen binds it.
@@ -79,7 +100,11 @@ func New(cfg Config, log *slog.Logger) *Server {
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = 30 * time.Second
 	}
-	return &Server{cfg: cfg, log: log, agents: make(map[string]*session)}
+	s := &Server{cfg: cfg, log: log, agents: make(map[string]*session)}
+	if cfg.HandshakesPerSecond > 0 {
+		s.hs = newHandshakeLimiter(cfg.HandshakesPerSecond, cfg.HandshakeBurst, log, cfg.Metrics)
+	}
+	return s
 }
 
 // QUICConfig is the proxy's QUIC configuration.
@@ -111,6 +136,9 @@ func (s *Server) Listen() error {
 		return fmt.Errorf("agent server: listen on %s: %w", s.cfg.ListenAddr, err)
 	}
 	tr := &quic.Transport{Conn: udp, StatelessResetKey: s.cfg.StatelessResetKey}
+	if s.hs != nil {
+		tr.ConnContext = s.hs.connContext
+	}
 	ln, err := tr.Listen(tlsConf, s.quicConfig())
 	if err != nil {
 		udp.Close()
@@ -165,6 +193,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.mu.Unlock()
 	s.wg.Wait()
 	s.tr.Close()
+	s.hs.flush()
 	if ctx.Err() != nil {
 		return nil
 	}
@@ -175,6 +204,10 @@ func (s *Server) Run(ctx context.Context) error {
 func (s *Server) serve(ctx context.Context, conn *quic.Conn) {
 	remote := conn.RemoteAddr().String()
 	id, err := s.authenticate(ctx, conn)
+	if errors.Is(err, errTooManyAgents) {
+		s.refuseAgent(conn, id, err)
+		return
+	}
 	if err != nil {
 		s.log.Warn("agent authentication failed", "remote", remote, "error", err)
 		code := wire.CodeAuthFailed
@@ -195,6 +228,12 @@ func (s *Server) serve(ctx context.Context, conn *quic.Conn) {
 		return
 	}
 	old := s.agents[id]
+	if err := s.admit(id); err != nil {
+		// Another agent took the last place after ours was checked.
+		s.mu.Unlock()
+		s.refuseAgent(conn, id, err)
+		return
+	}
 	s.agents[id] = sess
 	s.mu.Unlock()
 	s.cfg.Metrics.Session("ok")
@@ -255,6 +294,12 @@ func (s *Server) authenticate(ctx context.Context, conn *quic.Conn) (string, err
 	}
 	if id == "" {
 		return "", errEmptyID
+	}
+	s.mu.RLock()
+	err = s.admit(id)
+	s.mu.RUnlock()
+	if err != nil {
+		return id, err
 	}
 	if err := wire.WriteMessage(stream, wire.AuthOK); err != nil {
 		return "", fmt.Errorf("write auth answer: %w", err)
@@ -327,6 +372,17 @@ func (s *Server) Dial(ctx context.Context, agentID, hostport string) (net.Conn, 
 	if sess == nil {
 		return nil, wire.Errorf(wire.ErrAgentOffline, "agent "+agentID+" is not connected")
 	}
+	open := sess.tunnels.Add(1)
+	if max := s.cfg.MaxTunnelsPerAgent; max > 0 && open > int64(max) {
+		sess.tunnels.Add(-1)
+		return nil, wire.Errorf(wire.ErrLimit, fmt.Sprintf("agent %s has %d tunnels open, its limit (--limits.tunnels-per-agent)", agentID, max))
+	}
+	opened := false
+	defer func() {
+		if !opened {
+			sess.tunnels.Add(-1)
+		}
+	}()
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
 	defer cancel()
 	stream, err := sess.conn.OpenStreamSync(ctx)
@@ -374,7 +430,10 @@ func (s *Server) Dial(ctx context.Context, agentID, hostport string) (net.Conn, 
 		return nil, wire.Errorf(wire.ErrTimeout, fmt.Sprintf("agent %s: tunnel to %s: %v", agentID, hostport, context.Cause(ctx)))
 	}
 	stream.SetDeadline(time.Time{})
-	return relay.NewStream(stream, br, sess.conn.LocalAddr(), sess.conn.RemoteAddr()), nil
+	tunnel := relay.NewStream(stream, br, sess.conn.LocalAddr(), sess.conn.RemoteAddr())
+	tunnel.OnClose(func() { sess.tunnels.Add(-1) })
+	opened = true
+	return tunnel, nil
 }
 
 func truncate(s string, n int) string {

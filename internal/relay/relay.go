@@ -78,6 +78,12 @@ type tunnel struct {
 	mu     sync.Mutex
 	failed bool
 	res    Result
+
+	// With StartIdle: bytes moved either way bump moved, which idle
+	// watches.
+	moved atomic.Int64
+	idle  *IdleCloser
+	watch *watch
 }
 
 // fail records the tunnel's first error and aborts both sides, so the other
@@ -102,6 +108,9 @@ func (t *tunnel) ended() {
 	if t.left.Add(-1) != 0 {
 		return
 	}
+	if t.idle != nil {
+		t.idle.unwatch(t.watch)
+	}
 	t.mu.Lock()
 	failed := t.failed
 	t.mu.Unlock()
@@ -118,7 +127,8 @@ type pump struct {
 	src     io.Reader
 	dst     io.Writer
 	written int64
-	n       *int64 // where run stores written at the end
+	n       *int64        // where run stores written at the end
+	moved   *atomic.Int64 // if not nil, bumped after each write of bytes
 	bp      *[]byte
 	err     error
 	handoff bool      // may continue on a fresh goroutine before waiting
@@ -191,6 +201,9 @@ func (p *pump) copy() bool {
 		if nr > 0 {
 			nw, werr := p.dst.Write(buf[:nr])
 			p.written += int64(nw)
+			if p.moved != nil {
+				p.moved.Add(1)
+			}
 			if werr != nil {
 				p.err = werr
 				return true

@@ -26,7 +26,20 @@ type Stream struct {
 
 	wroteFIN atomic.Bool
 	readEOF  atomic.Bool
+	released atomic.Bool
+	onClose  func()
 	peek     [1]byte
+}
+
+// OnClose makes f run once, at the first Close or Abort: a proxy counts
+// the tunnels open through an agent with it. Call it before the Stream is
+// used.
+func (c *Stream) OnClose(f func()) { c.onClose = f }
+
+func (c *Stream) release() {
+	if c.onClose != nil && !c.released.Swap(true) {
+		c.onClose()
+	}
 }
 
 // NewStream wraps s. br, if not nil, is a reader over s holding bytes read
@@ -71,6 +84,7 @@ func (c *Stream) CloseWrite() error {
 // Close ends the stream cleanly: it writes the FIN if that was not done
 // yet, and stops reading.
 func (c *Stream) Close() error {
+	defer c.release()
 	if !c.wroteFIN.Swap(true) {
 		c.s.Close()
 	}
@@ -82,6 +96,7 @@ func (c *Stream) Close() error {
 
 // Abort resets the halves of the stream that did not end cleanly.
 func (c *Stream) Abort() {
+	defer c.release()
 	if !c.wroteFIN.Load() {
 		c.s.CancelWrite(AbortCode)
 	}

@@ -13,6 +13,9 @@ var (
 	ErrUnreachable  = errors.New("destination unreachable")
 	ErrTimeout      = errors.New("timed out")
 	ErrBadRequest   = errors.New("bad request")
+	// ErrLimit: a configured limit (tunnels per agent or per client) is
+	// reached; the client may retry later.
+	ErrLimit = errors.New("limit reached")
 )
 
 // Error is a tunnel failure of one Kind, with a one-line reason for humans.
@@ -39,12 +42,14 @@ func ErrorFromStatus(status int, reason string) error {
 		kind = ErrTimeout
 	case http.StatusBadRequest:
 		kind = ErrBadRequest
+	case http.StatusTooManyRequests:
+		kind = ErrLimit // from a proxy we forwarded to
 	}
 	return &Error{Kind: kind, Reason: reason}
 }
 
 // Status is the HTTP status for err: 503 agent offline, 403 denied, 504
-// timeout, 400 bad request, 502 for everything else.
+// timeout, 400 bad request, 429 limit reached, 502 for everything else.
 func Status(err error) int {
 	switch {
 	case errors.Is(err, ErrAgentOffline):
@@ -55,6 +60,8 @@ func Status(err error) int {
 		return http.StatusGatewayTimeout
 	case errors.Is(err, ErrBadRequest):
 		return http.StatusBadRequest
+	case errors.Is(err, ErrLimit):
+		return http.StatusTooManyRequests
 	default:
 		return http.StatusBadGateway
 	}

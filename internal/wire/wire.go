@@ -18,7 +18,9 @@
 // on the same stream with a message of the same framing whose payload is
 // [AuthOK] ("authenticated") and closes the stream; on failure it closes the
 // whole connection with an application error ([CodeAuthFailed]; the reference
-// proxy uses 500). Both sides bound the exchange with a timeout.
+// proxy uses 500), and a proxy at its limit of agents closes it with
+// [CodeTooManyAgents] instead of answering. Both sides bound the exchange with
+// a timeout.
 //
 // # Tunnels
 //
@@ -94,6 +96,11 @@ const (
 	CodeShutdown quic.ApplicationErrorCode = 0x102
 	// CodeProtocol: the peer broke this protocol.
 	CodeProtocol quic.ApplicationErrorCode = 0x103
+	// CodeTooManyAgents: the proxy holds as many agents as it may
+	// (--limits.agents); the agent authenticated but is not registered.
+	// The reason names the limit. Reconnect with backoff, possibly to
+	// another proxy.
+	CodeTooManyAgents quic.ApplicationErrorCode = 0x110
 )
 
 // Stream error codes, for CancelRead/CancelWrite on a tunnel stream.

@@ -500,6 +500,8 @@ func TestErrorFromStatus(t *testing.T) {
 		{http.StatusGatewayTimeout, ErrTimeout, 504},
 		{http.StatusBadRequest, ErrBadRequest, 400},
 		{http.StatusBadGateway, ErrUnreachable, 502},
+		// A proxy we forwarded to is at a limit.
+		{http.StatusTooManyRequests, ErrLimit, 429},
 		// The reference agent's answer to every dial failure: the
 		// destination failed, the agent is there.
 		{http.StatusServiceUnavailable, ErrUnreachable, 502},
@@ -539,6 +541,7 @@ func TestStatus(t *testing.T) {
 		{"timeout", ErrTimeout, 504},
 		{"bad request", ErrBadRequest, 400},
 		{"unreachable", ErrUnreachable, 502},
+		{"limit", Errorf(ErrLimit, "agent a has 10 tunnels open"), 429},
 		{"unknown", errors.New("boom"), 502},
 		{"io", io.ErrUnexpectedEOF, 502},
 		{"Errorf offline", Errorf(ErrAgentOffline, "agent a is not connected"), 503},

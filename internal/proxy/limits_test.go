@@ -1,0 +1,200 @@
+package proxy_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/reverse-http/reverse-http/internal/auth"
+	"github.com/reverse-http/reverse-http/internal/proxy"
+	"github.com/reverse-http/reverse-http/internal/wire"
+)
+
+// syncBuffer is a log destination the test can read while the proxy writes.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// startLimitedProxy runs a noauth proxy.Server with cfg's limits until the
+// test ends; its log goes to the returned buffer.
+func startLimitedProxy(t *testing.T, cfg proxy.Config) (*proxy.Server, *syncBuffer) {
+	t.Helper()
+	logs := &syncBuffer{}
+	cfg.ListenAddr = "127.0.0.1:0"
+	cfg.TLS = serverTLS(t)
+	cfg.Auth = auth.NoAuth()
+	cfg.DialTimeout = 5 * time.Second
+	srv := proxy.New(cfg, slog.New(slog.NewTextHandler(logs, nil)))
+	if err := srv.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("proxy Run: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("proxy log:\n%s", logs.String())
+		}
+	})
+	return srv, logs
+}
+
+// TestTunnelsPerAgentLimit: past MaxTunnelsPerAgent a Dial fails with
+// ErrLimit (429) naming the flag; closing a tunnel frees its place, also
+// when it was aborted.
+func TestTunnelsPerAgentLimit(t *testing.T) {
+	srv, _ := startLimitedProxy(t, proxy.Config{MaxTunnelsPerAgent: 2})
+	startAgent(t, srv.Addr().String(), "4711", 0)
+	waitFor(t, "agent 4711", func() bool { return srv.Connected("4711") })
+	echo := echoServer(t)
+	ctx := context.Background()
+
+	first, err := srv.Dial(ctx, "4711", echo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := srv.Dial(ctx, "4711", echo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = srv.Dial(ctx, "4711", echo)
+	if !errors.Is(err, wire.ErrLimit) || wire.Status(err) != 429 || !strings.Contains(err.Error(), "--limits.tunnels-per-agent") {
+		t.Fatalf("third tunnel: %v (status %d), want 429 naming --limits.tunnels-per-agent", err, wire.Status(err))
+	}
+	// A failed dial (the destination refuses) does not keep a place.
+	if _, err := srv.Dial(ctx, "4711", "127.0.0.1:1"); !errors.Is(err, wire.ErrLimit) {
+		t.Fatalf("dial at the limit: %v, want ErrLimit", err)
+	}
+	first.Close()
+	third, err := srv.Dial(ctx, "4711", echo)
+	if err != nil {
+		t.Fatalf("after a close: %v", err)
+	}
+	second.(interface{ Abort() }).Abort()
+	fourth, err := srv.Dial(ctx, "4711", echo)
+	if err != nil {
+		t.Fatalf("after an abort: %v", err)
+	}
+	third.Close()
+	fourth.Close()
+	// Failed dials give their place back: two of them, then two tunnels.
+	for range 3 {
+		if _, err := srv.Dial(ctx, "4711", "127.0.0.1:1"); errors.Is(err, wire.ErrLimit) || err == nil {
+			t.Fatalf("dial of a closed port: %v, want the agent's refusal", err)
+		}
+	}
+	for range 2 {
+		c, err := srv.Dial(ctx, "4711", echo)
+		if err != nil {
+			t.Fatalf("after failed dials: %v", err)
+		}
+		defer c.Close()
+	}
+}
+
+// TestAgentsLimit: past MaxAgents a new agent is closed with
+// CodeTooManyAgents and a reason naming the flag, before it is told it is
+// authenticated; an agent reconnecting with an ID already here replaces
+// it even at the limit.
+func TestAgentsLimit(t *testing.T) {
+	srv, logs := startLimitedProxy(t, proxy.Config{MaxAgents: 1})
+	addr := srv.Addr().String()
+	dialAgent(t, addr, "one")
+	waitFor(t, "agent one", func() bool { return srv.Connected("one") })
+
+	conn, err := quic.DialAddr(context.Background(), addr,
+		&tls.Config{InsecureSkipVerify: true, NextProtos: []string{wire.ALPN}}, &quic.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.CloseWithError(0, "")
+	s, err := conn.OpenStreamSync(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := wire.WriteMessage(s, "two"); err != nil {
+		t.Fatal(err)
+	}
+	msg, err := wire.ReadMessage(s)
+	var appErr *quic.ApplicationError
+	if !errors.As(err, &appErr) || !appErr.Remote || appErr.ErrorCode != wire.CodeTooManyAgents ||
+		!strings.Contains(appErr.ErrorMessage, "--limits.agents") {
+		t.Fatalf("second agent: answer %q, %v; want application error %#x naming --limits.agents", msg, err, wire.CodeTooManyAgents)
+	}
+	if srv.Connected("two") || srv.Agents() != 1 {
+		t.Fatalf("agents %v after a refusal", srv.Sessions())
+	}
+	if !strings.Contains(logs.String(), `msg="agent refused" agent=two`) {
+		t.Errorf("no log line for the refusal:\n%s", logs)
+	}
+
+	// "one" again: a replacement takes no new place.
+	dialAgent(t, addr, "one")
+	waitFor(t, "agent one replaced", func() bool {
+		return strings.Contains(logs.String(), "agent connection replaced")
+	})
+	if srv.Agents() != 1 || !srv.Connected("one") {
+		t.Fatalf("agents %v after a replacement", srv.Sessions())
+	}
+}
+
+// TestHandshakeRateLimit: past the bucket, new connections are refused
+// with CONNECTION_REFUSED, and the refusals are logged once per second at
+// most with their count.
+func TestHandshakeRateLimit(t *testing.T) {
+	srv, logs := startLimitedProxy(t, proxy.Config{HandshakesPerSecond: 0.5, HandshakeBurst: 2})
+	addr := srv.Addr().String()
+	for i := range 2 {
+		dialAgent(t, addr, "a"+string(rune('0'+i)))
+	}
+	refused := 0
+	for range 3 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		conn, err := quic.DialAddr(ctx, addr,
+			&tls.Config{InsecureSkipVerify: true, NextProtos: []string{wire.ALPN}}, &quic.Config{})
+		cancel()
+		var te *quic.TransportError
+		if errors.As(err, &te) && te.Remote && te.ErrorCode == quic.ConnectionRefused {
+			refused++
+			continue
+		}
+		if err == nil {
+			conn.CloseWithError(0, "")
+		}
+		t.Fatalf("connection over the rate: %v, want CONNECTION_REFUSED", err)
+	}
+	if n := strings.Count(logs.String(), `msg="agent handshakes refused"`); n != 1 {
+		t.Errorf("%d log lines for 3 refusals within a second, want 1:\n%s", n, logs)
+	}
+	if !strings.Contains(logs.String(), "--limits.agent-handshakes-per-second") {
+		t.Errorf("log does not name the flag:\n%s", logs)
+	}
+	if srv.Agents() != 2 {
+		t.Errorf("agents %v", srv.Sessions())
+	}
+}
