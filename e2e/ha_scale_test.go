@@ -409,7 +409,7 @@ func TestHAFailoverAtScale(t *testing.T) {
 		t.Errorf("A closed %d agents as connected to another proxy", c)
 	}
 	if s.Connected != n {
-		t.Errorf("%d of %d agents connected after the failover", s.Connected, n)
+		t.Errorf("%d of %d agents connected after the failover; agents' log messages: %v; errors: %q", s.Connected, n, s.Messages, s.Errors)
 	}
 	routes := routesOf(t, mc.addr, ids)
 	wrong := 0
