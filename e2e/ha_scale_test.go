@@ -304,46 +304,54 @@ func startSlowStoreProxy(t testing.TB, storeAddr string, extra ...string) *proxy
 
 // reachAll GETs the origin through the proxy at addr as every agent in
 // ids until each has answered once or deadline passes; it returns when
-// each answered (relative to start) and those that never did.
+// each answered (relative to start) and those that never did. Workers
+// take agents from a queue; one that failed goes to its end and is tried
+// again no sooner than 250ms later.
 func reachAll(addr string, ids []string, url string, start, deadline time.Time) (answered map[string]time.Duration, missing []string) {
+	type try struct {
+		id    string
+		after time.Time
+	}
 	answered = make(map[string]time.Duration, len(ids))
 	var mu sync.Mutex
-	pending := slices.Clone(ids)
-	for len(pending) > 0 && time.Now().Before(deadline) {
-		var next []string
-		var wg sync.WaitGroup
-		work := make(chan string)
-		for range 48 {
-			wg.Go(func() {
-				for id := range work {
-					code, _, err := haGet(addr, id, "noauth", url, 2*time.Second)
-					mu.Lock()
-					if err == nil && code == http.StatusOK {
-						answered[id] = time.Since(start)
-					} else {
-						next = append(next, id)
-					}
-					mu.Unlock()
+	queue := make(chan try, len(ids))
+	for _, id := range ids {
+		queue <- try{id: id}
+	}
+	left := atomic.Int64{}
+	left.Store(int64(len(ids)))
+	var wg sync.WaitGroup
+	for range 48 {
+		wg.Go(func() {
+			for left.Load() > 0 && time.Now().Before(deadline) {
+				var tr try
+				select {
+				case tr = <-queue:
+				case <-time.After(100 * time.Millisecond):
+					continue
 				}
-			})
-		}
-		for _, id := range pending {
-			if time.Now().After(deadline) {
-				mu.Lock()
-				next = append(next, id)
-				mu.Unlock()
-				continue
+				if d := time.Until(tr.after); d > 0 {
+					time.Sleep(d)
+				}
+				code, _, err := haGet(addr, tr.id, "noauth", url, time.Second)
+				if err == nil && code == http.StatusOK {
+					mu.Lock()
+					answered[tr.id] = time.Since(start)
+					mu.Unlock()
+					left.Add(-1)
+					continue
+				}
+				queue <- try{id: tr.id, after: time.Now().Add(250 * time.Millisecond)}
 			}
-			work <- id
-		}
-		close(work)
-		wg.Wait()
-		pending = next
-		if len(pending) > 0 {
-			time.Sleep(200 * time.Millisecond)
+		})
+	}
+	wg.Wait()
+	for _, id := range ids {
+		if _, ok := answered[id]; !ok {
+			missing = append(missing, id)
 		}
 	}
-	return answered, pending
+	return answered, missing
 }
 
 // TestHAFailoverAtScale: 2,000 agents on proxy D, memcached 2ms away, D
@@ -380,7 +388,21 @@ func TestHAFailoverAtScale(t *testing.T) {
 	f.retarget(t, a.agentAddr)
 	start := time.Now()
 	d.kill(t)
+	// The agents' own view, every 500ms: how many are connected.
+	var timeline []string
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for time.Since(start) < 16*time.Second {
+			time.Sleep(500 * time.Millisecond)
+			if s, err := f.read(); err == nil {
+				timeline = append(timeline, fmt.Sprintf("%.1fs:%d", time.Since(start).Seconds(), s.Connected))
+			}
+		}
+	}()
 	answered, missing := reachAll(a.httpAddr, ids, origin.url("/hello"), start, start.Add(15*time.Second))
+	<-sampled
+	t.Logf("agents connected after SIGKILL: %s", strings.Join(timeline, " "))
 	if len(missing) > 0 {
 		t.Errorf("%d of %d agents not reachable through A within 15s after D was killed, e.g. %v", len(missing), n, missing[:min(5, len(missing))])
 	}
