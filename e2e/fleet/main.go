@@ -37,6 +37,7 @@ import (
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
+	"github.com/quic-go/quic-go"
 
 	"github.com/reverse-http/reverse-http/internal/agent"
 	"github.com/reverse-http/reverse-http/internal/metrics"
@@ -51,14 +52,15 @@ func main() {
 	stats := flag.String("stats", "127.0.0.1:0", "TCP address of the stats endpoint")
 	duration := flag.Duration("duration", time.Hour, "stop after this long")
 	redirect := flag.Bool("redirect", false, "connect through an in-process UDP relay whose target POST /target changes")
+	perSocket := flag.Int("per-socket", 1, "agents sharing one UDP socket (1: a new socket per connection attempt, as a real agent)")
 	flag.Parse()
-	if err := run(*server, *ca, *n, *prefix, *ramp, *stats, *duration, *redirect); err != nil {
+	if err := run(*server, *ca, *n, *prefix, *ramp, *stats, *duration, *redirect, *perSocket); err != nil {
 		fmt.Fprintln(os.Stderr, "fleet:", err)
 		os.Exit(1)
 	}
 }
 
-func run(server, caFile string, n int, prefix string, ramp time.Duration, statsAddr string, duration time.Duration, redirect bool) error {
+func run(server, caFile string, n int, prefix string, ramp time.Duration, statsAddr string, duration time.Duration, redirect bool, perSocket int) error {
 	raiseFileLimit()
 	pem, err := os.ReadFile(caFile)
 	if err != nil {
@@ -112,12 +114,22 @@ func run(server, caFile string, n int, prefix string, ramp time.Duration, statsA
 	fmt.Printf("stats http://%s/stats\n", ln.Addr())
 
 	var wg sync.WaitGroup
+	var tr *quic.Transport
 	for i := range n {
+		if perSocket > 1 && i%perSocket == 0 {
+			udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+			if err != nil {
+				return err
+			}
+			tr = &quic.Transport{Conn: udp}
+			defer tr.Close()
+		}
 		a := agent.New(agent.Config{
 			ServerAddr: server,
 			TLS:        tlsConf,
 			Credential: func() (string, error) { return fmt.Sprintf("%s%05d", prefix, i), nil },
 			Metrics:    m,
+			Transport:  tr,
 		}, log)
 		wg.Go(func() {
 			if ramp > 0 {

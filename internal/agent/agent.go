@@ -82,6 +82,11 @@ type Config struct {
 	BlockLocal bool
 	// Metrics, if not nil, records the connection state and tunnels.
 	Metrics *metrics.Metrics
+	// Transport, if not nil, is the UDP socket the agent connects from,
+	// which it may share with other agents in this process (a load
+	// generator). Nil: every connection attempt uses a new socket, and so
+	// a new source port, as a load balancer's stale session needs.
+	Transport *quic.Transport
 }
 
 func (c *Config) setDefaults() {
@@ -169,7 +174,7 @@ func (a *Agent) session(ctx context.Context) (time.Duration, error) {
 	// longer, bounds a handshake that gets answers but stalls. That keeps
 	// "no answer at all" (UDP blocked, no proxy there) distinguishable.
 	dialCtx, cancel := context.WithTimeout(ctx, a.cfg.HandshakeTimeout+a.cfg.HandshakeTimeout/2)
-	conn, err := quic.DialAddr(dialCtx, a.cfg.ServerAddr, tlsConf, &quic.Config{
+	conn, err := a.dialProxy(dialCtx, tlsConf, &quic.Config{
 		KeepAlivePeriod:       a.cfg.KeepAlive,
 		MaxIdleTimeout:        a.cfg.IdleTimeout,
 		HandshakeIdleTimeout:  a.cfg.HandshakeTimeout,
@@ -218,6 +223,19 @@ func (a *Agent) session(ctx context.Context) (time.Duration, error) {
 			}
 		}()
 	}
+}
+
+// dialProxy connects to the proxy from a new UDP socket, or through
+// Config.Transport.
+func (a *Agent) dialProxy(ctx context.Context, tlsConf *tls.Config, conf *quic.Config) (*quic.Conn, error) {
+	if a.cfg.Transport == nil {
+		return quic.DialAddr(ctx, a.cfg.ServerAddr, tlsConf, conf)
+	}
+	addr, err := net.ResolveUDPAddr("udp", a.cfg.ServerAddr)
+	if err != nil {
+		return nil, err
+	}
+	return a.cfg.Transport.Dial(ctx, addr, tlsConf, conf)
 }
 
 // noAnswerError is a handshake that received no packet at all: the proxy's
