@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -61,6 +62,10 @@ type Config struct {
 	Dialer Dialer
 	// Metrics, if not nil, records requests and tunnels.
 	Metrics *metrics.Metrics
+	// BodyIdleTimeout cuts an absolute-form request whose body sends no
+	// byte for this long (answered 408). A body that trickles in is
+	// served however slowly it comes. Zero means [BodyIdleTimeout].
+	BodyIdleTimeout time.Duration
 }
 
 // Handler serves proxy clients.
@@ -75,6 +80,9 @@ type Handler struct {
 
 // New makes a Handler.
 func New(cfg Config, log *slog.Logger) *Handler {
+	if cfg.BodyIdleTimeout <= 0 {
+		cfg.BodyIdleTimeout = BodyIdleTimeout
+	}
 	return &Handler{cfg: cfg, log: log, transports: make(map[string]*http.Transport)}
 }
 
@@ -83,6 +91,11 @@ const (
 	MaxHeaderBytes    = 64 << 10
 	ReadHeaderTimeout = 10 * time.Second
 	IdleTimeout       = 120 * time.Second
+	// BodyIdleTimeout is the default Config.BodyIdleTimeout. net/http's
+	// ReadHeaderTimeout ends with the headers, and a ReadTimeout would cut
+	// long uploads and CONNECT tunnels; without this a client that stops
+	// sending a body it announced holds a tunnel to the origin forever.
+	BodyIdleTimeout = 30 * time.Second
 )
 
 // NewServer wraps h in an http.Server with header limits and timeouts.
@@ -215,12 +228,25 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, agentID, target s
 		kind = "connect"
 	}
 	h.cfg.Metrics.Request(kind, status)
-	h.log.Info("request refused", "agent", agentID, "client", r.RemoteAddr, "method", r.Method,
+	h.log.Info("request refused", "agent", clip(agentID), "client", r.RemoteAddr, "method", r.Method,
 		"destination", target, "status", status, "reason", reason)
 	// Bytes pipelined behind a refused CONNECT are not a request, and a
 	// client that failed to authenticate or sent garbage is not kept.
 	closeConn := r.Method == http.MethodConnect || status == http.StatusProxyAuthRequired || status == http.StatusBadRequest
 	writeError(w, status, reason, closeConn)
+}
+
+// maxLoggedID bounds an agent ID (a client's Basic user) in a log line: a
+// refused user may be as long as the header limit allows, and one request
+// must not cost a 64 KiB log line. slog quotes what is left, so control
+// characters cannot forge a line either.
+const maxLoggedID = 256
+
+func clip(id string) string {
+	if len(id) <= maxLoggedID {
+		return id
+	}
+	return fmt.Sprintf("%s... (%d bytes)", id[:maxLoggedID], len(id))
 }
 
 // writeError answers with a status and a one-line plain-text reason.
@@ -287,6 +313,11 @@ func (h *Handler) logTunnel(agentID, client, target, method string, start time.T
 func (h *Handler) forward(w http.ResponseWriter, r *http.Request, agentID string) {
 	start := time.Now()
 	sw := &statusWriter{ResponseWriter: w}
+	var body *idleBody
+	if r.Body != nil && r.Body != http.NoBody {
+		body = &idleBody{ReadCloser: r.Body, rc: http.NewResponseController(w), timeout: h.cfg.BodyIdleTimeout}
+		r.Body = body
+	}
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL = pr.In.URL
@@ -306,8 +337,13 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, agentID string
 			if errors.As(err, &we) {
 				reason = we.Reason
 			}
+			closeConn := false
+			if body != nil && body.timedOut.Load() {
+				status, closeConn = http.StatusRequestTimeout, true
+				reason = fmt.Sprintf("request body: no data for %s", h.cfg.BodyIdleTimeout)
+			}
 			sw.reason = reason
-			writeError(w, status, reason, false)
+			writeError(w, status, reason, closeConn)
 		},
 		ErrorLog: slog.NewLogLogger(h.log.Handler(), slog.LevelDebug),
 	}
@@ -342,6 +378,30 @@ func (h *Handler) transport(agentID string) *http.Transport {
 		h.transports[agentID] = t
 	}
 	return t
+}
+
+// idleBody is a request body whose every read must bring data within
+// timeout: the deadline of the client's connection is moved forward before
+// each read and cleared at the end of the body.
+type idleBody struct {
+	io.ReadCloser
+	rc       *http.ResponseController
+	timeout  time.Duration
+	timedOut atomic.Bool
+}
+
+func (b *idleBody) Read(p []byte) (int, error) {
+	_ = b.rc.SetReadDeadline(time.Now().Add(b.timeout))
+	n, err := b.ReadCloser.Read(p)
+	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			b.timedOut.Store(true)
+		} else {
+			_ = b.rc.SetReadDeadline(time.Time{})
+		}
+	}
+	return n, err
 }
 
 // statusWriter records the status and body size of a forwarded response.
