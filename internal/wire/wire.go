@@ -94,6 +94,14 @@ const (
 	CodeShutdown quic.ApplicationErrorCode = 0x102
 	// CodeProtocol: the peer broke this protocol.
 	CodeProtocol quic.ApplicationErrorCode = 0x103
+	// CodeDuplicate: the agent ID is in use by a live connection from
+	// another address, and the two have been replacing each other (two
+	// agents configured with one ID). The proxy keeps the connected one and
+	// closes the newcomer with this code right after its authentication
+	// succeeded (within a few seconds, before any tunnel); the agent waits,
+	// longer each time, before it tries again, and takes the ID over once
+	// the other connection is gone.
+	CodeDuplicate quic.ApplicationErrorCode = 0x104
 )
 
 // Stream error codes, for CancelRead/CancelWrite on a tunnel stream.
