@@ -55,6 +55,7 @@ package wire
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -135,11 +136,20 @@ func ReadMessage(r io.Reader) (string, error) {
 	if n > MaxAuthLen {
 		return "", fmt.Errorf("%w: %d bytes", ErrTooLong, n)
 	}
-	buf := make([]byte, n)
-	if _, err := io.ReadFull(r, buf); err != nil {
+	// Grow the buffer with what arrives rather than trusting the claimed
+	// length: a peer that claims 1 MiB and sends four bytes costs four.
+	var buf bytes.Buffer
+	got, err := buf.ReadFrom(io.LimitReader(r, int64(n)))
+	switch {
+	case err == nil && got == 0 && n > 0:
+		err = io.EOF // as io.ReadFull says it
+	case err == nil && got < int64(n):
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil {
 		return "", fmt.Errorf("read %d-byte message: %w", n, err)
 	}
-	return string(buf), nil
+	return buf.String(), nil
 }
 
 // WriteConnect writes the tunnel request for hostport.
