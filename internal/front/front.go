@@ -312,6 +312,16 @@ func (h *Handler) logTunnel(agentID, client, target, method string, start time.T
 // tunnels as keep-alive connections to the origin.
 func (h *Handler) forward(w http.ResponseWriter, r *http.Request, agentID string) {
 	start := time.Now()
+	if len(r.TransferEncoding) > 0 {
+		// net/http has dropped a Content-Length sent along with it (RFC
+		// 9112 6.3), and the body is forwarded re-chunked, so the origin
+		// sees what we saw. RFC 9112 6.1 still asks to close the
+		// connection after such a request: a front end that believed the
+		// Content-Length would not agree with us where the next request
+		// starts. net/http no longer tells whether there was one, so every
+		// chunked request ends its connection.
+		w.Header().Set("Connection", "close")
+	}
 	sw := &statusWriter{ResponseWriter: w}
 	var body *idleBody
 	if r.Body != nil && r.Body != http.NoBody {
