@@ -252,6 +252,7 @@ func runHostile(t *testing.T, b *hostileBed) {
 		t.Run("slowloris headers", func(t *testing.T) { t.Parallel(); hostileSlowHeaders(t, b) })
 		t.Run("slowloris body", func(t *testing.T) { t.Parallel(); hostileSlowBody(t, b) })
 		t.Run("5000 idle connections", func(t *testing.T) { t.Parallel(); hostileIdle(t, b, 5000) })
+		t.Run("500 idle keep-alive connections", func(t *testing.T) { t.Parallel(); hostileKeepAlive(t, b, 500) })
 	})
 
 	good.finish(t, 20)
@@ -582,6 +583,70 @@ func hostileIdle(t *testing.T, b *hostileBed, n int) {
 	if k := notClosed.Load(); k > 0 {
 		t.Errorf("%d of %d idle connections still open %s after they were opened", k, n, time.Since(start).Round(time.Millisecond))
 	}
+}
+
+// hostileKeepAlive makes n requests, each on a connection of its own, and
+// keeps the connections open and idle. The node keeps them for its idle
+// timeout (120s, longer than this test): what must hold is that it keeps
+// serving others meanwhile and that their descriptors and goroutines are
+// released when the clients close them (runHostile checks the baseline).
+func hostileKeepAlive(t *testing.T, b *hostileBed, n int) {
+	req := "GET " + b.origin.url("/hello") + " HTTP/1.1\r\nHost: " + b.origin.addr + "\r\nProxy-Authorization: " + basicAuth(b.agent, "noauth") + "\r\n\r\n"
+	conns := make([]net.Conn, n)
+	defer func() {
+		for _, c := range conns {
+			if c != nil {
+				c.Close()
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += 4 {
+				c, err := net.DialTimeout("tcp", b.addr, clientTimeout)
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				conns[i] = c
+				c.SetDeadline(time.Now().Add(clientTimeout))
+				io.WriteString(c, req)
+				resp, err := http.ReadResponse(bufio.NewReader(c), &http.Request{Method: "GET"})
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				body, _ := io.ReadAll(resp.Body)
+				if resp.StatusCode != 200 || string(body) != "hello\n" || resp.Close {
+					failed.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if f := failed.Load(); f > 0 {
+		t.Fatalf("%d of %d keep-alive requests failed", f, n)
+	}
+	if status, body, err := get(b.addr, b.agent, b.origin.url("/hello")); err != nil || status != 200 {
+		t.Errorf("GET with %d idle keep-alive connections open: %d %q %v", n, status, body, err)
+	}
+	// Still open (not an error: bounded by the 120s idle timeout).
+	open := 0
+	for _, c := range conns {
+		c.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+		var buf [1]byte
+		if _, err := c.Read(buf[:]); err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				open++
+			}
+		}
+	}
+	t.Logf("%d of %d keep-alive connections still open after their request", open, n)
 }
 
 // checkLogIntact checks that every line of the node's log is one well-formed
