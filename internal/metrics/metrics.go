@@ -23,7 +23,7 @@ type Metrics struct {
 	Registry *prometheus.Registry
 
 	AgentsConnected prometheus.Gauge
-	AgentSessions   *prometheus.CounterVec // result: ok, auth_failed, replaced
+	AgentSessions   *prometheus.CounterVec // result: ok, auth_failed, replaced, duplicate
 	TunnelsActive   prometheus.Gauge
 	Tunnels         *prometheus.CounterVec // kind: connect, forward, agent; status: HTTP status code
 	TunnelBytes     *prometheus.CounterVec // direction: up (client to destination), down
@@ -40,7 +40,7 @@ func New() *Metrics {
 			Name: "reverse_http_agents_connected", Help: "Agents connected to this proxy, or 1 if this agent is connected.",
 		}),
 		AgentSessions: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "reverse_http_agent_sessions_total", Help: "Agent connections by how authentication ended: ok, auth_failed, replaced.",
+			Name: "reverse_http_agent_sessions_total", Help: "Agent connections by how authentication ended: ok, auth_failed, replaced, duplicate.",
 		}, []string{"result"}),
 		TunnelsActive: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "reverse_http_tunnels_active", Help: "Tunnels open now.",
