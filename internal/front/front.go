@@ -358,6 +358,9 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, agentID string
 		ErrorLog: slog.NewLogLogger(h.log.Handler(), slog.LevelDebug),
 	}
 	rp.ServeHTTP(sw, r)
+	if body != nil {
+		body.finish()
+	}
 	attrs := []any{"agent", agentID, "client", r.RemoteAddr, "method", r.Method,
 		"url", r.URL.Redacted(), "status", sw.status, "bytes_down", sw.n,
 		"duration", time.Since(start).Round(time.Millisecond).String()}
@@ -392,26 +395,49 @@ func (h *Handler) transport(agentID string) *http.Transport {
 
 // idleBody is a request body whose every read must bring data within
 // timeout: the deadline of the client's connection is moved forward before
-// each read and cleared at the end of the body.
+// each read and cleared at the end of the body. The transport may still
+// read it after the handler returned (the origin answered early); from
+// then on (done) it leaves the connection's deadline alone, since net/http
+// is setting it for the next request.
 type idleBody struct {
 	io.ReadCloser
 	rc       *http.ResponseController
 	timeout  time.Duration
 	timedOut atomic.Bool
+
+	mu   sync.Mutex
+	done bool
 }
 
 func (b *idleBody) Read(p []byte) (int, error) {
-	_ = b.rc.SetReadDeadline(time.Now().Add(b.timeout))
+	b.setDeadline(time.Now().Add(b.timeout))
 	n, err := b.ReadCloser.Read(p)
 	if err != nil {
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
 			b.timedOut.Store(true)
 		} else {
-			_ = b.rc.SetReadDeadline(time.Time{})
+			b.setDeadline(time.Time{})
 		}
 	}
 	return n, err
+}
+
+func (b *idleBody) setDeadline(t time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.done {
+		_ = b.rc.SetReadDeadline(t)
+	}
+}
+
+// finish stops later reads from touching the deadline; call it before the
+// handler returns. A deadline it leaves set bounds net/http's discarding of
+// an unread rest of the body; the next request sets its own.
+func (b *idleBody) finish() {
+	b.mu.Lock()
+	b.done = true
+	b.mu.Unlock()
 }
 
 // statusWriter records the status and body size of a forwarded response.
