@@ -328,27 +328,32 @@ func hostileConnectTargets(t *testing.T, b *hostileBed) {
 	auth := "Proxy-Authorization: " + basicAuth(b.agent, "noauth") + "\r\n"
 	_, port, _ := net.SplitHostPort(b.origin.addr)
 	for _, target := range []string{
-		"127.0.0.1",                             // no port
-		"127.0.0.1:",                            // empty port
-		"127.0.0.1:http",                        // named port
-		"127.0.0.1:0",                           // port 0
-		"127.0.0.1:65536",                       // too big
-		"127.0.0.1:-1",                          // negative
-		"127.0.0.1:+" + port,                    // signed
-		"127.0.0.1: " + port,                    // space in the target
-		"127.0.0.1 :" + port,                    // space before the port
-		"127.0.0.1:" + port + "\rX-Injected: 1", // bare CR in the target
-		"127.0.0.1%0d%0aX-Injected:%20" + port,  // escaped CRLF
-		"127.0.0.1%00:" + port,                  // escaped NUL
-		"[::1:" + port,                          // broken IPv6
-		":" + port,                              // no host
-		"/path",                                 // origin-form
-		"http://127.0.0.1:" + port + "/",        // absolute-form
+		"127.0.0.1",                              // no port
+		"127.0.0.1:",                             // empty port
+		"127.0.0.1:http",                         // named port
+		"127.0.0.1:0",                            // port 0
+		"127.0.0.1:65536",                        // too big
+		"127.0.0.1:-1",                           // negative
+		"127.0.0.1:+" + port,                     // signed
+		"127.0.0.1: " + port,                     // space in the target
+		"127.0.0.1 :" + port,                     // space before the port
+		"127.0.0.1:" + port + "\rX-Injected: 1",  // bare CR in the target
+		"127.0.0.1%0d%0aX-Injected:%20" + port,   // escaped CRLF
+		"127.0.0.1%00:" + port,                   // escaped NUL
+		"[::1:" + port,                           // broken IPv6
+		":" + port,                               // no host
+		"/path",                                  // origin-form
+		"http://127.0.0.1:" + port + "/",         // absolute-form
+		strings.Repeat("a", 300) + ":" + port,    // host longer than a DNS name
+		strings.Repeat("a", 28<<10) + ":" + port, // and target and Host within 64 KiB
 	} {
 		raw := "CONNECT " + target + " HTTP/1.1\r\nHost: " + strings.NewReplacer("\r", "", "\n", "").Replace(target) + "\r\n" + auth + "\r\n"
 		status, body := answered(t, b.addr, "CONNECT", []byte(raw))
 		if status != 400 && status != 0 {
-			t.Errorf("CONNECT %q: status %d %q, want 400 or a closed connection", target, status, body)
+			t.Errorf("CONNECT %.100q: status %d %.200q, want 400 or a closed connection", target, status, body)
+		}
+		if len(body) > 300 {
+			t.Errorf("CONNECT %.100q: a %d-byte reason, want a short one", target, len(body))
 		}
 	}
 	// A CRLF in the Host header of a CONNECT whose target is fine: net/http

@@ -229,17 +229,17 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, agentID, target s
 	}
 	h.cfg.Metrics.Request(kind, status)
 	h.log.Info("request refused", "agent", clip(agentID), "client", r.RemoteAddr, "method", r.Method,
-		"destination", target, "status", status, "reason", reason)
+		"destination", clip(target), "status", status, "reason", reason)
 	// Bytes pipelined behind a refused CONNECT are not a request, and a
 	// client that failed to authenticate or sent garbage is not kept.
 	closeConn := r.Method == http.MethodConnect || status == http.StatusProxyAuthRequired || status == http.StatusBadRequest
 	writeError(w, status, reason, closeConn)
 }
 
-// maxLoggedID bounds an agent ID (a client's Basic user) in a log line: a
-// refused user may be as long as the header limit allows, and one request
-// must not cost a 64 KiB log line. slog quotes what is left, so control
-// characters cannot forge a line either.
+// maxLoggedID bounds an agent ID (a client's Basic user) or a refused
+// destination in a log line: either may be as long as the header limit
+// allows, and one request must not cost a 64 KiB log line. slog quotes what
+// is left, so control characters cannot forge a line either.
 const maxLoggedID = 256
 
 func clip(id string) string {

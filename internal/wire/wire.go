@@ -184,23 +184,43 @@ func ReadConnect(br *bufio.Reader) (string, error) {
 // SplitHostPort splits and validates a CONNECT authority: a non-empty host
 // and a port in 1..65535.
 func SplitHostPort(hostport string) (host string, port int, err error) {
+	// The destination comes from a client and ends up in errors, logs and
+	// a client's response: quote it, and cut a long one short.
+	quoted := strconv.Quote(hostport)
+	if len(quoted) > 80 {
+		quoted = quoted[:64] + fmt.Sprintf(`..." (%d bytes)`, len(hostport))
+	}
 	h, p, err := net.SplitHostPort(hostport)
 	if err != nil {
-		return "", 0, fmt.Errorf("destination %q: %w", hostport, stripAddrErr(err))
+		return "", 0, fmt.Errorf("destination %s: %w", quoted, stripAddrErr(err))
 	}
 	if h == "" {
-		return "", 0, fmt.Errorf("destination %q: missing host", hostport)
+		return "", 0, fmt.Errorf("destination %s: missing host", quoted)
+	}
+	if len(h) > MaxHostLen {
+		return "", 0, fmt.Errorf("destination %s: host longer than %d bytes", quoted, MaxHostLen)
 	}
 	for _, c := range []byte(h) {
 		if !validHostByte[c] {
-			return "", 0, fmt.Errorf("destination %q: invalid character %q in host", hostport, c)
+			return "", 0, fmt.Errorf("destination %s: invalid character %q in host", quoted, c)
 		}
 	}
 	n, err := strconv.Atoi(p)
 	if err != nil || n < 1 || n > 65535 || p[0] < '0' || p[0] > '9' {
-		return "", 0, fmt.Errorf("destination %q: invalid port %q", hostport, p)
+		return "", 0, fmt.Errorf("destination %s: invalid port %q", quoted, truncate(p, 16))
 	}
 	return h, n, nil
+}
+
+// MaxHostLen bounds the host of a destination: a DNS name has at most 253
+// bytes, an IPv6 address with a zone far fewer.
+const MaxHostLen = 255
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
 }
 
 // firstLine is the first non-empty line of s, trimmed; control characters
