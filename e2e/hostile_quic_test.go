@@ -309,8 +309,9 @@ func TestDuplicateAgentFlapping(t *testing.T) {
 	// A short replaced-wait: without the fix the two would evict each
 	// other every second or so.
 	a := startAgent(t, p, "twin", "--agent-client.replaced-wait=1s")
-	good := startGoodClient(p.httpAddr, "twin", o)
 	b := startAgent(t, p, "twin", "--agent-client.replaced-wait=1s")
+	// From the one replacement on, while A keeps coming back.
+	good := startGoodClient(p.httpAddr, "twin", o)
 	const dupMsg = "two live agents use the same ID: keeping the connected one and refusing the other while it stays (logged once per window)"
 	p.waitLog(t, 15*time.Second, 1, dupMsg, "agent", "twin")
 	a.waitLog(t, 5*time.Second, 1, "proxy refused this connection: another live agent uses the same ID; waiting before trying again", "retry_in", "1s")
