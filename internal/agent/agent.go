@@ -129,6 +129,7 @@ const healthyAfter = 30 * time.Second
 // after every goroutine it started has ended.
 func (a *Agent) Run(ctx context.Context) error {
 	b := backoff{base: 200 * time.Millisecond, max: a.cfg.BackoffMax}
+	dupWait := time.Duration(0) // the last wait after a CodeDuplicate refusal
 	for {
 		connected, err := a.session(ctx)
 		if ctx.Err() != nil {
@@ -137,12 +138,25 @@ func (a *Agent) Run(ctx context.Context) error {
 		if connected > healthyAfter {
 			b.reset()
 		}
-		wait := b.next()
 		var appErr *quic.ApplicationError
+		duplicate := errors.As(err, &appErr) && appErr.Remote && appErr.ErrorCode == wire.CodeDuplicate
+		if connected > 0 && !duplicate {
+			dupWait = 0
+		}
+		wait := b.next()
 		switch {
 		case errors.As(err, &appErr) && appErr.Remote && appErr.ErrorCode == wire.CodeReplaced:
 			wait = a.cfg.ReplacedWait
 			a.log.Warn("proxy closed this connection: another agent connected with the same ID; waiting before reconnecting",
+				"reason", appErr.ErrorMessage, "retry_in", wait.String())
+		case duplicate:
+			// Another agent holds this ID and the two were evicting each
+			// other. Stay away, twice as long each time up to four
+			// replaced-waits, so that it keeps the ID while it is alive and
+			// this one takes over soon after it leaves.
+			dupWait = min(max(2*dupWait, a.cfg.ReplacedWait), 4*a.cfg.ReplacedWait)
+			wait = dupWait
+			a.log.Error("proxy refused this connection: another live agent uses the same ID; waiting before trying again",
 				"reason", appErr.ErrorMessage, "retry_in", wait.String())
 		case errors.As(err, &appErr) && appErr.Remote && (appErr.ErrorCode == wire.CodeAuthFailed || appErr.ErrorCode == wire.CodeBadRequest):
 			a.log.Error("proxy refused authentication", "reason", appErr.ErrorMessage, "retry_in", wait.Round(time.Millisecond).String())

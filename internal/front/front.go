@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -83,6 +84,10 @@ type Config struct {
 	// a client that is slower is disconnected. Zero means the constant
 	// ReadHeaderTimeout (10s).
 	ReadHeaderTimeout time.Duration
+	// BodyIdleTimeout cuts an absolute-form request whose body sends no
+	// byte for this long (answered 408). A body that trickles in is
+	// served however slowly it comes. Zero means [BodyIdleTimeout].
+	BodyIdleTimeout time.Duration
 }
 
 // Handler serves proxy clients.
@@ -98,6 +103,9 @@ type Handler struct {
 
 // New makes a Handler.
 func New(cfg Config, log *slog.Logger) *Handler {
+	if cfg.BodyIdleTimeout <= 0 {
+		cfg.BodyIdleTimeout = BodyIdleTimeout
+	}
 	h := &Handler{cfg: cfg, log: log, idle: relay.NewIdleCloser(cfg.TunnelIdleTimeout)}
 	h.transports = newTransports(cfg.MaxTransports, h.newTransport)
 	if cfg.MaxTunnelsPerClient > 0 {
@@ -112,6 +120,11 @@ const (
 	MaxHeaderBytes    = 64 << 10
 	ReadHeaderTimeout = 10 * time.Second
 	IdleTimeout       = 120 * time.Second
+	// BodyIdleTimeout is the default Config.BodyIdleTimeout. net/http's
+	// ReadHeaderTimeout ends with the headers, and a ReadTimeout would cut
+	// long uploads and CONNECT tunnels; without this a client that stops
+	// sending a body it announced holds a tunnel to the origin forever.
+	BodyIdleTimeout = 30 * time.Second
 )
 
 // NewServer wraps h in an http.Server with header limits and timeouts:
@@ -253,12 +266,25 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, agentID, target s
 		kind = "connect"
 	}
 	h.cfg.Metrics.Request(kind, status)
-	h.log.Info("request refused", "agent", agentID, "client", r.RemoteAddr, "method", r.Method,
-		"destination", target, "status", status, "reason", reason)
+	h.log.Info("request refused", "agent", clip(agentID), "client", r.RemoteAddr, "method", r.Method,
+		"destination", clip(target), "status", status, "reason", reason)
 	// Bytes pipelined behind a refused CONNECT are not a request, and a
 	// client that failed to authenticate or sent garbage is not kept.
 	closeConn := r.Method == http.MethodConnect || status == http.StatusProxyAuthRequired || status == http.StatusBadRequest
 	writeError(w, status, reason, closeConn)
+}
+
+// maxLoggedID bounds an agent ID (a client's Basic user) or a refused
+// destination in a log line: either may be as long as the header limit
+// allows, and one request must not cost a 64 KiB log line. slog quotes what
+// is left, so control characters cannot forge a line either.
+const maxLoggedID = 256
+
+func clip(id string) string {
+	if len(id) <= maxLoggedID {
+		return id
+	}
+	return fmt.Sprintf("%s... (%d bytes)", id[:maxLoggedID], len(id))
 }
 
 // writeError answers with a status and a one-line plain-text reason.
@@ -331,10 +357,23 @@ func (h *Handler) logTunnel(agentID, client, target, method string, start time.T
 // another protocol (101, a WebSocket) is relayed until either side ends.
 func (h *Handler) forward(w http.ResponseWriter, r *http.Request, agentID, target string) {
 	start := time.Now()
+	if len(r.TransferEncoding) > 0 {
+		// net/http has dropped a Content-Length sent along with it (RFC
+		// 9112 6.3), and the body is forwarded re-chunked, so the origin
+		// sees what we saw. RFC 9112 6.1 still asks to close the
+		// connection after such a request: a front end that believed the
+		// Content-Length would not agree with us where the next request
+		// starts. net/http no longer tells whether there was one, so every
+		// chunked request ends its connection.
+		w.Header().Set("Connection", "close")
+	}
 	sw := &statusWriter{ResponseWriter: w}
+	var body *idleBody
 	if r.Body != nil && r.Body != http.NoBody {
-		sw.body = &countingBody{ReadCloser: r.Body}
+		body = &idleBody{ReadCloser: r.Body, rc: http.NewResponseController(w), timeout: h.cfg.BodyIdleTimeout}
+		sw.body = &countingBody{ReadCloser: body}
 		r.Body = sw.body
+		defer body.finish()
 	}
 	defer func() {
 		up, down := sw.bytes()
@@ -363,8 +402,13 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, agentID, targe
 		case errors.As(err, &we):
 			reason = we.Reason
 		}
+		closeConn := false
+		if body != nil && body.timedOut.Load() {
+			status, closeConn = http.StatusRequestTimeout, true
+			reason = fmt.Sprintf("request body: no data for %s", h.cfg.BodyIdleTimeout)
+		}
 		sw.reason = reason
-		writeError(w, status, reason, false)
+		writeError(w, status, reason, closeConn)
 	}
 
 	e := h.transports.get(agentID)
@@ -418,6 +462,53 @@ func (h *Handler) newTransport(e *transportEntry) *http.Transport {
 		DisableCompression:    true,
 		TLSHandshakeTimeout:   10 * time.Second,
 	}
+}
+
+// idleBody is a request body whose every read must bring data within
+// timeout: the deadline of the client's connection is moved forward before
+// each read and cleared at the end of the body. The transport may still
+// read it after the handler returned (the origin answered early); from
+// then on (done) it leaves the connection's deadline alone, since net/http
+// is setting it for the next request.
+type idleBody struct {
+	io.ReadCloser
+	rc       *http.ResponseController
+	timeout  time.Duration
+	timedOut atomic.Bool
+
+	mu   sync.Mutex
+	done bool
+}
+
+func (b *idleBody) Read(p []byte) (int, error) {
+	b.setDeadline(time.Now().Add(b.timeout))
+	n, err := b.ReadCloser.Read(p)
+	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			b.timedOut.Store(true)
+		} else {
+			b.setDeadline(time.Time{})
+		}
+	}
+	return n, err
+}
+
+func (b *idleBody) setDeadline(t time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.done {
+		_ = b.rc.SetReadDeadline(t)
+	}
+}
+
+// finish stops later reads from touching the deadline; call it before the
+// handler returns. A deadline it leaves set bounds net/http's discarding of
+// an unread rest of the body; the next request sets its own.
+func (b *idleBody) finish() {
+	b.mu.Lock()
+	b.done = true
+	b.mu.Unlock()
 }
 
 // statusWriter records the status and body size of a forwarded response,

@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"sync"
@@ -67,6 +68,17 @@ type Config struct {
 	// HandshakeBurst is the size of that bucket. Zero means twice
 	// HandshakesPerSecond (at least 1).
 	HandshakeBurst int
+
+	// DuplicateWindow is how long a replacement of a live agent connection
+	// by one from another address is remembered. A second such
+	// replacement within it means two agents share the ID: while the
+	// connected one answers, newcomers are refused with
+	// wire.CodeDuplicate instead of evicting it. Zero means 2 minutes.
+	DuplicateWindow time.Duration
+	// DuplicateProbe is how long the connected agent is watched for a
+	// packet before such a refusal; a silent one is replaced. Zero means
+	// 3s (agents send keep-alives every 2s).
+	DuplicateProbe time.Duration
 }
 
 // Server accepts agents and dials tunnels through them.
@@ -78,16 +90,31 @@ type Server struct {
 	mu      sync.RWMutex
 	agents  map[string]*session
 	closing bool // Run is closing: no agent is registered any more
-	wg      sync.WaitGroup
-	hs      *handshakeLimiter // nil without a handshake rate limit
+	// dups remembers agent IDs whose live connection was replaced from
+	// another address lately, keyed by authenticated ID only; entries
+	// older than DuplicateWindow are dropped once it holds over
+	// maxDupEntries, so it is bounded by the IDs replaced in one window.
+	dups map[string]*dupState
+	wg   sync.WaitGroup
+	hs   *handshakeLimiter // nil without a handshake rate limit
 }
 
 type session struct {
 	id      string
 	conn    *quic.Conn
+	remote  string
 	since   time.Time
 	tunnels atomic.Int64 // open through this agent now
 }
+
+// dupState is what the proxy remembers of an agent ID used by two
+// connections at once. Guarded by Server.mu.
+type dupState struct {
+	replacedAt time.Time // the last replacement or refusal
+	loggedAt   time.Time // the last time it was logged
+}
+
+const maxDupEntries = 1024
 
 // New makes a Server; Listen binds it.
 func New(cfg Config, log *slog.Logger) *Server {
@@ -100,7 +127,13 @@ func New(cfg Config, log *slog.Logger) *Server {
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = 30 * time.Second
 	}
-	s := &Server{cfg: cfg, log: log, agents: make(map[string]*session)}
+	if cfg.DuplicateWindow <= 0 {
+		cfg.DuplicateWindow = 2 * time.Minute
+	}
+	if cfg.DuplicateProbe <= 0 {
+		cfg.DuplicateProbe = 3 * time.Second
+	}
+	s := &Server{cfg: cfg, log: log, agents: make(map[string]*session), dups: make(map[string]*dupState)}
 	if cfg.HandshakesPerSecond > 0 {
 		s.hs = newHandshakeLimiter(cfg.HandshakesPerSecond, cfg.HandshakeBurst, log, cfg.Metrics)
 	}
@@ -218,7 +251,12 @@ func (s *Server) serve(ctx context.Context, conn *quic.Conn) {
 		s.cfg.Metrics.Session("auth_failed")
 		return
 	}
-	sess := &session{id: id, conn: conn, since: time.Now()}
+	if !s.admitDuplicate(ctx, id, remote) {
+		conn.CloseWithError(wire.CodeDuplicate, truncate("agent ID "+id+" is in use by a live connection from another address", 200))
+		s.cfg.Metrics.Session("duplicate")
+		return
+	}
+	sess := &session{id: id, conn: conn, remote: remote, since: time.Now()}
 	s.mu.Lock()
 	if s.closing {
 		// Authenticated after Run closed the agents: refuse it, or its
@@ -235,6 +273,9 @@ func (s *Server) serve(ctx context.Context, conn *quic.Conn) {
 		return
 	}
 	s.agents[id] = sess
+	if old != nil && old.remote != remote && old.conn.Context().Err() == nil {
+		s.noteReplaced(id, sess.since)
+	}
 	s.mu.Unlock()
 	s.cfg.Metrics.Session("ok")
 	if old != nil {
@@ -266,6 +307,87 @@ func (s *Server) serve(ctx context.Context, conn *quic.Conn) {
 			s.cfg.OnAgent(id, false)
 		}
 	})
+}
+
+// admitDuplicate decides whether a new connection for id from remote may take the
+// ID over. It may, unless the ID's live connection was replaced from
+// another address within DuplicateWindow (two agents share the ID and
+// would evict each other forever), the current one is from another
+// address too, and it still answers: then the current one stays. A
+// reconnect from the same address, or one whose predecessor is closed or
+// silent, is admitted at once.
+func (s *Server) admitDuplicate(ctx context.Context, id, remote string) bool {
+	now := time.Now()
+	s.mu.RLock()
+	old := s.agents[id]
+	d := s.dups[id]
+	s.mu.RUnlock()
+	if old == nil || old.remote == remote || old.conn.Context().Err() != nil {
+		return true
+	}
+	s.mu.RLock()
+	flapping := d != nil && now.Sub(d.replacedAt) < s.cfg.DuplicateWindow
+	s.mu.RUnlock()
+	if !flapping || !answering(ctx, old.conn, s.cfg.DuplicateProbe) {
+		return true
+	}
+	s.mu.Lock()
+	s.noteReplaced(id, now) // keep the window open while refusals go on
+	d = s.dups[id]
+	logIt := d.loggedAt.IsZero() || now.Sub(d.loggedAt) >= s.cfg.DuplicateWindow
+	if logIt {
+		d.loggedAt = now
+	}
+	s.mu.Unlock()
+	if logIt {
+		s.log.Warn("two live agents use the same ID: keeping the connected one and refusing the other while it stays (logged once per window)",
+			"agent", id, "connected_remote", old.remote, "refused_remote", remote,
+			"window", s.cfg.DuplicateWindow.String())
+	}
+	return false
+}
+
+// noteReplaced records that id's live connection was replaced (or a
+// newcomer refused) at t. s.mu must be held.
+func (s *Server) noteReplaced(id string, t time.Time) {
+	d := s.dups[id]
+	if d == nil {
+		if len(s.dups) >= maxDupEntries {
+			for k, e := range s.dups {
+				if t.Sub(e.replacedAt) >= s.cfg.DuplicateWindow {
+					delete(s.dups, k)
+				}
+			}
+		}
+		d = &dupState{}
+		s.dups[id] = d
+	}
+	d.replacedAt = t
+}
+
+// answering reports whether conn receives a packet within d: a live agent
+// sends keep-alives, a dead one whose connection has not timed out yet
+// sends nothing.
+func answering(ctx context.Context, conn *quic.Conn, d time.Duration) bool {
+	before := conn.ConnectionStats().PacketsReceived
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-conn.Context().Done():
+			return false
+		case <-timer.C:
+			return false
+		case <-tick.C:
+			if conn.ConnectionStats().PacketsReceived > before {
+				return true
+			}
+		}
+	}
 }
 
 var errEmptyID = errors.New("empty agent ID")
@@ -399,7 +521,11 @@ func (s *Server) Dial(ctx context.Context, agentID, hostport string) (net.Conn, 
 	stopWatch := context.AfterFunc(ctx, func() { stream.SetDeadline(time.Now()) })
 	defer stopWatch()
 
-	br := bufio.NewReaderSize(stream, 1024)
+	// The agent's answer is read through a limit: net/http reads a header
+	// line of any length, and an agent that never ends one would grow the
+	// proxy's memory until the dial timeout. Tunnel bytes are read from
+	// the stream itself once br's read-ahead is used up.
+	br := bufio.NewReaderSize(io.LimitReader(stream, maxAnswerBytes), 1024)
 	status, reason, err := func() (int, string, error) {
 		if err := wire.WriteConnect(stream, hostport); err != nil {
 			return 0, "", err
@@ -435,6 +561,10 @@ func (s *Server) Dial(ctx context.Context, agentID, hostport string) (net.Conn, 
 	opened = true
 	return tunnel, nil
 }
+
+// maxAnswerBytes bounds an agent's answer to a tunnel request: its status
+// line, headers and reason. Real answers are under 200 bytes.
+const maxAnswerBytes = 64 << 10
 
 func truncate(s string, n int) string {
 	if len(s) <= n {

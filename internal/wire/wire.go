@@ -57,6 +57,7 @@ package wire
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -96,6 +97,14 @@ const (
 	CodeShutdown quic.ApplicationErrorCode = 0x102
 	// CodeProtocol: the peer broke this protocol.
 	CodeProtocol quic.ApplicationErrorCode = 0x103
+	// CodeDuplicate: the agent ID is in use by a live connection from
+	// another address, and the two have been replacing each other (two
+	// agents configured with one ID). The proxy keeps the connected one and
+	// closes the newcomer with this code right after its authentication
+	// succeeded (within a few seconds, before any tunnel); the agent waits,
+	// longer each time, before it tries again, and takes the ID over once
+	// the other connection is gone.
+	CodeDuplicate quic.ApplicationErrorCode = 0x104
 	// CodeTooManyAgents: the proxy holds as many agents as it may
 	// (--limits.agents); the agent authenticated but is not registered.
 	// The reason names the limit. Reconnect with backoff, possibly to
@@ -134,11 +143,20 @@ func ReadMessage(r io.Reader) (string, error) {
 	if n > MaxAuthLen {
 		return "", fmt.Errorf("%w: %d bytes", ErrTooLong, n)
 	}
-	buf := make([]byte, n)
-	if _, err := io.ReadFull(r, buf); err != nil {
+	// Grow the buffer with what arrives rather than trusting the claimed
+	// length: a peer that claims 1 MiB and sends four bytes costs four.
+	var buf bytes.Buffer
+	got, err := buf.ReadFrom(io.LimitReader(r, int64(n)))
+	switch {
+	case err == nil && got == 0 && n > 0:
+		err = io.EOF // as io.ReadFull says it
+	case err == nil && got < int64(n):
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil {
 		return "", fmt.Errorf("read %d-byte message: %w", n, err)
 	}
-	return string(buf), nil
+	return buf.String(), nil
 }
 
 // WriteConnect writes the tunnel request for hostport.
@@ -173,23 +191,43 @@ func ReadConnect(br *bufio.Reader) (string, error) {
 // SplitHostPort splits and validates a CONNECT authority: a non-empty host
 // and a port in 1..65535.
 func SplitHostPort(hostport string) (host string, port int, err error) {
+	// The destination comes from a client and ends up in errors, logs and
+	// a client's response: quote it, and cut a long one short.
+	quoted := strconv.Quote(hostport)
+	if len(quoted) > 80 {
+		quoted = quoted[:64] + fmt.Sprintf(`..." (%d bytes)`, len(hostport))
+	}
 	h, p, err := net.SplitHostPort(hostport)
 	if err != nil {
-		return "", 0, fmt.Errorf("destination %q: %w", hostport, stripAddrErr(err))
+		return "", 0, fmt.Errorf("destination %s: %w", quoted, stripAddrErr(err))
 	}
 	if h == "" {
-		return "", 0, fmt.Errorf("destination %q: missing host", hostport)
+		return "", 0, fmt.Errorf("destination %s: missing host", quoted)
+	}
+	if len(h) > MaxHostLen {
+		return "", 0, fmt.Errorf("destination %s: host longer than %d bytes", quoted, MaxHostLen)
 	}
 	for _, c := range []byte(h) {
 		if !validHostByte[c] {
-			return "", 0, fmt.Errorf("destination %q: invalid character %q in host", hostport, c)
+			return "", 0, fmt.Errorf("destination %s: invalid character %q in host", quoted, c)
 		}
 	}
 	n, err := strconv.Atoi(p)
 	if err != nil || n < 1 || n > 65535 || p[0] < '0' || p[0] > '9' {
-		return "", 0, fmt.Errorf("destination %q: invalid port %q", hostport, p)
+		return "", 0, fmt.Errorf("destination %s: invalid port %q", quoted, truncate(p, 16))
 	}
 	return h, n, nil
+}
+
+// MaxHostLen bounds the host of a destination: a DNS name has at most 253
+// bytes, an IPv6 address with a zone far fewer.
+const MaxHostLen = 255
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
 }
 
 // firstLine is the first non-empty line of s, trimmed; control characters
