@@ -9,7 +9,7 @@ DATE     ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 PKG      := github.com/reverse-http/reverse-http/internal/cli
 LDFLAGS  := -s -w -X $(PKG).Version=$(VERSION) -X $(PKG).Commit=$(COMMIT) -X $(PKG).Date=$(DATE)
 
-.PHONY: help build run test unit e2e vet fmt fuzz fuzz-ci bench clean
+.PHONY: help build run test unit e2e vet fmt fuzz fuzz-ci soak bench clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-8s %s\n", $$1, $$2}'
@@ -40,6 +40,12 @@ fuzz: ## Run every fuzz target for FUZZTIME (60s) each
 fuzz-ci: FUZZTIME ?= 10s
 fuzz-ci: ## Run every fuzz target for FUZZTIME (10s) each, as CI does; fails on a finding
 	scripts/fuzz.sh $(FUZZTIME)
+
+soak: SOAK_DURATION ?= 10m
+soak: ## Run the HA soak test (e2e TestSoak) for SOAK_DURATION (10m); CI runs 2m
+	@d='$(SOAK_DURATION)'; case $$d in *h) s=$$(( $${d%h} * 3600 ));; *m) s=$$(( $${d%m} * 60 ));; *s) s=$${d%s};; *) s=x;; esac; \
+	  if ! [ "$$s" -ge 60 ] 2>/dev/null; then echo "SOAK_DURATION=$$d: want whole hours, minutes or seconds, at least 1m (10m, 90s)"; exit 2; fi; \
+	  set -x; SOAK_DURATION=$$d go test -count=1 -v -run '^TestSoak$$' -timeout $$(( s + 900 ))s ./e2e
 
 bench: ## Run the benchmark suite (see docs/benchmarks.md)
 	go run ./cmd/rh-bench $(BENCHFLAGS)
