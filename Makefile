@@ -8,12 +8,11 @@ COMMIT   ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo none)
 DATE     ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 PKG      := github.com/reverse-http/reverse-http/internal/cli
 LDFLAGS  := -s -w -X $(PKG).Version=$(VERSION) -X $(PKG).Commit=$(COMMIT) -X $(PKG).Date=$(DATE)
-FUZZTIME ?= 15s
 
-.PHONY: help build run test unit e2e vet fmt fuzz bench clean
+.PHONY: help build run test unit e2e vet fmt fuzz fuzz-ci soak bench clean
 
 help: ## List the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-8s %s\n", $$1, $$2}'
 
 build: ## Build bin/reverse-http
 	CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)" -o $(BINARY) ./cmd/reverse-http
@@ -34,11 +33,19 @@ vet: ## go vet and gofmt check
 	go vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 
-fuzz: ## Run every fuzz target for FUZZTIME each
-	@set -e; for pkg in $$(go list ./internal/... ./cmd/...); do \
-	  for f in $$(go test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
-	    echo "== $$pkg $$f"; go test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
-	  done; done
+fuzz: FUZZTIME ?= 60s
+fuzz: ## Run every fuzz target for FUZZTIME (60s) each
+	scripts/fuzz.sh $(FUZZTIME)
+
+fuzz-ci: FUZZTIME ?= 10s
+fuzz-ci: ## Run every fuzz target for FUZZTIME (10s) each, as CI does; fails on a finding
+	scripts/fuzz.sh $(FUZZTIME)
+
+soak: SOAK_DURATION ?= 10m
+soak: ## Run the HA soak test (e2e TestSoak) for SOAK_DURATION (10m); CI runs 2m
+	@d='$(SOAK_DURATION)'; case $$d in *h) s=$$(( $${d%h} * 3600 ));; *m) s=$$(( $${d%m} * 60 ));; *s) s=$${d%s};; *) s=x;; esac; \
+	  if ! [ "$$s" -ge 60 ] 2>/dev/null; then echo "SOAK_DURATION=$$d: want whole hours, minutes or seconds, at least 1m (10m, 90s)"; exit 2; fi; \
+	  set -x; SOAK_DURATION=$$d go test -count=1 -v -run '^TestSoak$$' -timeout $$(( s + 900 ))s ./e2e
 
 bench: ## Run the benchmark suite (see docs/benchmarks.md)
 	go run ./cmd/rh-bench $(BENCHFLAGS)

@@ -221,3 +221,23 @@ func FuzzParseUDPStat(f *testing.F) {
 		parseUDPStat(data, name) // must not panic
 	})
 }
+
+func FuzzParseStatusBytes(f *testing.F) {
+	f.Add("Name:\trh\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\n", "VmRSS")
+	f.Add("VmRSS:\n", "VmRSS")
+	f.Fuzz(func(t *testing.T, data, key string) {
+		if n, err := parseStatusBytes(data, key); err == nil && (n < 0 || n%1024 != 0) {
+			t.Fatalf("parseStatusBytes(%q, %q) = %d", data, key, n)
+		}
+	})
+}
+
+func FuzzParseHostCPU(f *testing.F) {
+	f.Add("cpu  10 0 5 100 2 0 1 0 0 0\ncpu0 5 0 2 50 1 0 0 0 0 0\n")
+	f.Add("")
+	f.Fuzz(func(t *testing.T, data string) {
+		if h := parseHostCPU(data); h.busy < 0 || h.busy > h.total {
+			t.Fatalf("parseHostCPU(%q) = %+v", data, h)
+		}
+	})
+}

@@ -298,16 +298,29 @@ func memBytes(pid int, key string) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	for _, line := range strings.Split(string(data), "\n") {
+	n, err := parseStatusBytes(string(data), key)
+	if err != nil {
+		return 0, fmt.Errorf("/proc/%d/status: %w", pid, err)
+	}
+	return n, nil
+}
+
+// parseStatusBytes finds "key:   N kB" in the text of /proc/PID/status and
+// returns N KiB in bytes.
+func parseStatusBytes(data, key string) (int64, error) {
+	for _, line := range strings.Split(data, "\n") {
 		if v, ok := strings.CutPrefix(line, key+":"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			kb, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 63)
 			if err != nil {
-				return 0, fmt.Errorf("/proc/%d/status %s: %w", pid, key, err)
+				return 0, fmt.Errorf("%s: %w", key, err)
 			}
-			return kb * 1024, nil
+			if kb > math.MaxInt64/1024 {
+				return 0, fmt.Errorf("%s: %d kB overflows", key, kb)
+			}
+			return int64(kb) * 1024, nil
 		}
 	}
-	return 0, fmt.Errorf("/proc/%d/status: no %s", pid, key)
+	return 0, fmt.Errorf("no %s", key)
 }
 
 // peakRSS samples the VmRSS of pids every 50ms until stopped.
@@ -565,14 +578,30 @@ func parseUDPStat(data, name string) (int64, error) {
 type hostCPU struct{ busy, total int64 }
 
 func hostTicks() hostCPU {
-	var h hostCPU
 	data, _ := os.ReadFile("/proc/stat")
-	line, _, _ := strings.Cut(string(data), "\n")
-	for i, f := range strings.Fields(line)[1:] {
-		v, _ := strconv.ParseInt(f, 10, 64)
-		h.total += v
+	return parseHostCPU(string(data))
+}
+
+// parseHostCPU reads the first line of /proc/stat, "cpu  user nice system
+// idle iowait irq softirq steal guest guest_nice", in clock ticks; fields
+// that do not parse count 0, fields past those ten are ignored.
+// (It used to index the line's fields without looking, and panicked on an
+// empty file: found by FuzzParseHostCPU.)
+func parseHostCPU(data string) hostCPU {
+	var h hostCPU
+	line, _, _ := strings.Cut(data, "\n")
+	f := strings.Fields(line)
+	if len(f) < 2 {
+		return h
+	}
+	for i, v := range f[1:min(len(f), 11)] {
+		n, err := strconv.ParseUint(v, 10, 59) // the sum of ten stays below MaxInt64
+		if err != nil {
+			continue
+		}
+		h.total += int64(n)
 		if i != 3 && i != 4 { // idle, iowait
-			h.busy += v
+			h.busy += int64(n)
 		}
 	}
 	return h

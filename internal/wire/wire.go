@@ -66,6 +66,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/quic-go/quic-go"
 )
@@ -230,19 +231,30 @@ func truncate(s string, n int) string {
 	return s[:n] + "..."
 }
 
-// firstLine is the first non-empty line of s, trimmed; control characters
-// become spaces, since a reason ends up in logs and a client's response.
+// firstLine is the first non-empty line of s, trimmed, in at most
+// maxReasonLen bytes; control characters become spaces and invalid UTF-8
+// "?", since a reason ends up in logs and a client's response. (Invalid
+// bytes once became U+FFFD, three bytes each, so a reason could outgrow
+// its bound: found by FuzzReadResponse.)
 func firstLine(s string) string {
 	s = strings.TrimSpace(s)
 	if i := strings.IndexAny(s, "\r\n"); i >= 0 {
 		s = strings.TrimSpace(s[:i])
 	}
-	return strings.Map(func(r rune) rune {
+	s = strings.Map(func(r rune) rune {
 		if r < 0x20 || r == 0x7f {
 			return ' '
 		}
 		return r
-	}, s)
+	}, strings.ToValidUTF8(s, "?"))
+	if len(s) > maxReasonLen {
+		i := maxReasonLen
+		for i > 0 && !utf8.RuneStart(s[i]) {
+			i--
+		}
+		s = s[:i]
+	}
+	return s
 }
 
 // validHostByte: letters, digits and ".-_" for names, ":" for IPv6, "%"

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Runs every fuzz target of the module (every `func Fuzz*` that
+# `go test -list` finds, in any package but e2e) for FUZZTIME each, one
+# after the other, and fails if any finds an input that breaks it. Used by
+# `make fuzz` (long) and `make fuzz-ci` (bounded, in CI).
+#
+# A finding is written by `go test` to PKG/testdata/fuzz/FuzzName/<hash>:
+# fix the bug, and commit that file as a regression seed.
+set -uo pipefail
+fuzztime=${1:?usage: fuzz.sh FUZZTIME}
+cd "$(dirname "$0")/.."
+
+start=$SECONDS
+pkgs=$(go list ./... | grep -v '/e2e$') || exit 1
+# One `go test -list` for every package builds their test binaries in
+# parallel. It prints each package's matching names, then "ok  PKG ...".
+if ! list=$(go test -list '^Fuzz' $pkgs); then
+  echo "$list"
+  echo "fuzz: go test -list failed"
+  exit 1
+fi
+targets=$(awk '/^Fuzz/ { names = names " " $1; next }
+               /^ok/   { n = split(names, a, " "); for (i = 1; i <= n; i++) print $2, a[i]; names = "" }' <<<"$list")
+if [ -z "$targets" ]; then
+  echo "fuzz: no fuzz targets found"
+  exit 1
+fi
+
+failed=()
+summary=()
+while read -r pkg name; do
+  echo "== $pkg $name ($fuzztime)"
+  t0=$SECONDS
+  if go test -run '^$' -fuzz "^${name}\$" -fuzztime "$fuzztime" "$pkg"; then
+    summary+=("$(printf '%-4s %4ds  %s %s' ok $((SECONDS - t0)) "$pkg" "$name")")
+  else
+    summary+=("$(printf '%-4s %4ds  %s %s' FAIL $((SECONDS - t0)) "$pkg" "$name")")
+    failed+=("$pkg $name")
+  fi
+done <<<"$targets"
+
+echo
+echo "== fuzz summary: $(wc -l <<<"$targets") targets, ${fuzztime} each, $((SECONDS - start))s in all"
+printf '%s\n' "${summary[@]}"
+if [ ${#failed[@]} -gt 0 ]; then
+  echo
+  echo "fuzz: ${#failed[@]} target(s) failed:"
+  printf '  %s\n' "${failed[@]}"
+  echo "the failing inputs are in each package's testdata/fuzz/<target>/ (see the output above)"
+  exit 1
+fi
