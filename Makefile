@@ -9,7 +9,7 @@ DATE     ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 PKG      := github.com/reverse-http/reverse-http/internal/cli
 LDFLAGS  := -s -w -X $(PKG).Version=$(VERSION) -X $(PKG).Commit=$(COMMIT) -X $(PKG).Date=$(DATE)
 
-.PHONY: help build run test unit e2e vet fmt fuzz fuzz-ci soak bench clean
+.PHONY: help build run test test-go test-scale unit e2e vet fmt fuzz fuzz-ci soak bench clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-8s %s\n", $$1, $$2}'
@@ -20,8 +20,14 @@ build: ## Build bin/reverse-http
 run: build ## Run a local proxy and agent 4711 in the foreground (Ctrl-C stops both)
 	@scripts/run-local.sh $(BINARY)
 
-test: vet ## Run every test (unit, fuzz seeds, e2e with real processes and curl) with the race detector
+test: vet test-go test-scale fuzz-ci ## Run every test: unit and e2e with -race, the HA scale tests, 10s of each fuzz target, a 2-minute soak
+	$(MAKE) soak SOAK_DURATION=2m
+
+test-go: ## Unit tests, fuzz seeds and e2e tests (real processes, curl, memcached, nginx) with the race detector
 	go test -race -count=1 -timeout 30m ./...
+
+test-scale: ## The HA scale tests alone on the machine: 2,000-agent failover, 10,000 agents for HA_SCALE_HOLD (3m)
+	HA_SCALE=1 go test -count=1 -v -timeout 20m -run 'AtScale$$' ./e2e
 
 unit: ## Run the unit tests only
 	go test -race -count=1 $$(go list ./... | grep -v /e2e)

@@ -240,6 +240,9 @@ func (f *fleetProc) waitConnected(t testing.TB, n int, timeout time.Duration) ti
 // defaults).
 func scaleN(t testing.TB, env string, def int) int {
 	t.Helper()
+	if os.Getenv("HA_SCALE") == "" {
+		t.Skip("HA scale test: runs alone on the machine with HA_SCALE=1 (make test-scale, part of make test)")
+	}
 	if v := os.Getenv(env); v != "" {
 		var n int
 		if _, err := fmt.Sscan(v, &n); err != nil || n < 1 {
