@@ -32,7 +32,7 @@ type LBCmd struct {
 		ClusterKey string          `name:"cluster-key" placeholder:"FILE" help:"File with the cluster's shared secret: routes are followed only to proxies whose node lease it verifies. Same file on every proxy and lb."`
 		Memcached  MemcachedConfig `embed:"" prefix:"memcached."`
 	} `embed:"" prefix:"store."`
-	ShutdownTimeout time.Duration `name:"shutdown-timeout" default:"10s" help:"How long a graceful stop may take: draining clients and their tunnels. The process exits by then."`
+	ShutdownTimeout time.Duration `name:"shutdown-timeout" default:"5s" help:"How long a graceful stop may take: draining clients and their tunnels. The process exits by then."`
 
 	// See limits.go.
 	Limits     ClientLimits    `embed:"" prefix:"limits."`

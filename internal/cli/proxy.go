@@ -106,7 +106,7 @@ type ProxyCmd struct {
 		ClusterKey       string          `name:"cluster-key" placeholder:"FILE" help:"File with the cluster's shared secret (at least 16 bytes): signs this node's lease; routes are followed only to nodes whose lease it verifies. Same file on every proxy and lb."`
 		Memcached        MemcachedConfig `embed:"" prefix:"memcached."`
 	} `embed:"" prefix:"store."`
-	ShutdownTimeout time.Duration `name:"shutdown-timeout" default:"10s" help:"How long a graceful stop may take: draining clients, closing agents and releasing routes. The process exits by then."`
+	ShutdownTimeout time.Duration `name:"shutdown-timeout" default:"5s" help:"How long a graceful stop may take: draining clients, closing agents and releasing routes. The process exits by then."`
 
 	// See limits.go.
 	Limits     ProxyLimits     `embed:"" prefix:"limits."`
