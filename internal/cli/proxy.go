@@ -309,26 +309,24 @@ func (c *ProxyCmd) Run(e *Env) error {
 	// tunnels get up to --shutdown-timeout), then closes the agent
 	// connections: its agents have nowhere else to go. In a cluster the
 	// agents are closed at once, so they reconnect to another proxy while
-	// this one drains, and the routes go when they have.
+	// this one drains; at the same time the node lease is withdrawn and
+	// the routes still naming this proxy are released (a route its agent
+	// already claimed elsewhere is left alone), all within
+	// --shutdown-timeout counted from the signal.
 	agentCtx, stopAgents := context.WithCancel(context.WithoutCancel(e.Ctx))
 	if routes != nil {
 		agentCtx, stopAgents = context.WithCancel(e.Ctx)
 	}
 	defer stopAgents()
-	routesCtx, stopRoutes := context.WithCancel(context.WithoutCancel(e.Ctx))
-	defer stopRoutes()
 	fns := append(c.Metrics.serve(m, e),
-		func(context.Context) error {
-			defer stopRoutes()
-			return srv.Run(agentCtx)
-		},
+		func(context.Context) error { return srv.Run(agentCtx) },
 		func(ctx context.Context) error {
 			defer stopAgents()
 			return serveHTTP(ctx, hs, ln, handler.Drain, c.ShutdownTimeout)
 		},
 	)
 	if routes != nil {
-		fns = append(fns, func(context.Context) error { return routes.Run(routesCtx) })
+		fns = append(fns, routes.Run)
 	}
 	return runAllBounded(e.Ctx, c.ShutdownTimeout, fns...)
 }

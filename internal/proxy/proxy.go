@@ -218,13 +218,16 @@ func (s *Server) Run(ctx context.Context) error {
 		}()
 	}
 	s.ln.Close()
+	closing := time.Now()
 	s.mu.Lock()
 	s.closing = true
+	n := len(s.agents)
 	for _, a := range s.agents {
 		a.conn.CloseWithError(wire.CodeShutdown, "proxy shutting down")
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
+	s.log.Info("agent connections closed", "agents", n, "took", time.Since(closing).Round(time.Millisecond).String())
 	s.tr.Close()
 	s.hs.flush()
 	if ctx.Err() != nil {

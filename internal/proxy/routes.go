@@ -85,7 +85,7 @@ func (r *Routes) Notify(agentID string, up bool) {
 // releases every route it holds, within ReleaseTimeout.
 func (r *Routes) Run(ctx context.Context) error {
 	r.publish(ctx)
-	t := time.NewTicker(max(r.cfg.TTL/3, 100*time.Millisecond))
+	t := time.NewTicker(r.period())
 	defer t.Stop()
 	for {
 		select {
@@ -101,6 +101,9 @@ func (r *Routes) Run(ctx context.Context) error {
 		}
 	}
 }
+
+// period is how often routes and the node lease are renewed.
+func (r *Routes) period() time.Duration { return max(r.cfg.TTL/3, 100*time.Millisecond) }
 
 // process writes the queued events: claims for agents that connected,
 // releases for agents that left and did not come back.
@@ -173,7 +176,17 @@ const maxLogged = 10
 // claimed, judges the ones that name another proxy, and releases routes of
 // agents that are gone.
 func (r *Routes) renew(ctx context.Context) {
+	start := time.Now()
 	sessions := r.srv.Sessions()
+	defer func() {
+		took, period := time.Since(start), r.period()
+		if took > period/2 {
+			r.log.Warn("route renewal took over half its period: routes may expire before they are renewed (a slow or overloaded memcached?)",
+				"agents", len(sessions), "took", took.Round(time.Millisecond).String(), "period", period.String())
+			return
+		}
+		r.log.Debug("routes renewed", "agents", len(sessions), "took", took.Round(time.Millisecond).String())
+	}()
 	var claims, held []route.Claim
 	current := make(map[string]bool, len(sessions))
 	for _, s := range sessions {

@@ -123,7 +123,7 @@ type Config struct {
 	// neither signed nor checked for a signature.
 	ClusterKey []byte
 	// Concurrency bounds the operations in flight to each server. Zero
-	// means 16.
+	// means 64.
 	Concurrency int
 	// Log, if not nil, gets one line when a server becomes unavailable and
 	// one when it is back.
@@ -155,7 +155,7 @@ func NewMemcached(cfg Config) (*Memcached, error) {
 		cfg.Timeout = time.Second
 	}
 	if cfg.Concurrency <= 0 {
-		cfg.Concurrency = 16
+		cfg.Concurrency = 64
 	}
 	m := &Memcached{key: cfg.ClusterKey, conc: cfg.Concurrency, log: cfg.Log, now: time.Now}
 	seen := map[string]bool{}
