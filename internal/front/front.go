@@ -383,11 +383,12 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, agentID, targe
 		if sw.reason != "" {
 			attrs = append(attrs, "reason", sw.reason)
 		}
-		h.log.Info("request forwarded", attrs...)
+		// Metrics first: whoever reads the log line finds them counted.
 		h.cfg.Metrics.Request("forward", sw.status)
 		if sw.upgraded != nil {
 			h.cfg.Metrics.Bytes(sw.upgraded.up.Load(), sw.upgraded.down.Load())
 		}
+		h.log.Info("request forwarded", attrs...)
 	}()
 	errorHandler := func(w http.ResponseWriter, r *http.Request, err error) {
 		status := wire.Status(err)
