@@ -64,6 +64,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -204,6 +205,11 @@ func SplitHostPort(hostport string) (host string, port int, err error) {
 	}
 	if h == "" {
 		return "", 0, fmt.Errorf("destination %s: missing host", quoted)
+	}
+	if strings.HasPrefix(hostport, "[") {
+		if a, err := netip.ParseAddr(h); err != nil || !a.Is6() {
+			return "", 0, fmt.Errorf("destination %s: brackets hold only an IPv6 address", quoted)
+		}
 	}
 	if len(h) > MaxHostLen {
 		return "", 0, fmt.Errorf("destination %s: host longer than %d bytes", quoted, MaxHostLen)
