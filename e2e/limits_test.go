@@ -189,20 +189,7 @@ func TestLimitFlags(t *testing.T) {
 		open = append(open, tn)
 		echoOnce(t, tn, "x")
 	}
-	refused := func(auth, flag string) {
-		t.Helper()
-		tn, err := dialConnect(p.httpAddr, e.addr, auth, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(tn.resp.Body)
-		tn.Close()
-		checkRefusal(t, tn.resp, body, http.StatusTooManyRequests)
-		if !strings.Contains(string(body), flag) {
-			t.Errorf("429 body %q does not name %s", body, flag)
-		}
-		p.waitLog(t, startTimeout, 1, "request refused", "status", "429", "reason", strings.TrimSuffix(string(body), "\n"))
-	}
+	refused := func(auth, flag string) { expect429(t, p.httpAddr, e.addr, auth, flag, p.process) }
 	refused(auth1, "--limits.tunnels-per-agent")
 	// A third tunnel, through a2, is this client's last place.
 	tn := mustConnect(t, p.httpAddr, e.addr, auth2)
@@ -304,20 +291,7 @@ func TestLBLimits(t *testing.T) {
 		open = append(open, tn)
 		echoOnce(t, tn, "x")
 	}
-	refused := func(proc *process, flag string) {
-		t.Helper()
-		tn, err := dialConnect(l.httpAddr, e.addr, auth1, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(tn.resp.Body)
-		tn.Close()
-		checkRefusal(t, tn.resp, body, http.StatusTooManyRequests)
-		if !strings.Contains(string(body), flag) {
-			t.Errorf("429 body %q does not name %s", body, flag)
-		}
-		proc.waitLog(t, startTimeout, 1, "request refused", "status", "429", "reason", strings.TrimSuffix(string(body), "\n"))
-	}
+	refused := func(proc *process, flag string) { expect429(t, l.httpAddr, e.addr, auth1, flag, proc) }
 	// The lb's own limit: this client has two tunnels open through it.
 	refused(l.process, "--limits.tunnels-per-client")
 	// One place free at the lb, but a1 is at its limit on the proxy.
@@ -339,4 +313,21 @@ func TestLBLimits(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.waitLog(t, startTimeout, 1, "request refused", "agent", "a1", "status", "429")
+}
+
+// expect429 opens a CONNECT to target through the node at addr and wants
+// 429 with a reason naming flag, logged by proc (the node that refused).
+func expect429(t *testing.T, addr, target, auth, flag string, proc *process) {
+	t.Helper()
+	tn, err := dialConnect(addr, target, auth, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(tn.resp.Body)
+	tn.Close()
+	checkRefusal(t, tn.resp, body, http.StatusTooManyRequests)
+	if !strings.Contains(string(body), flag) {
+		t.Errorf("429 body %q does not name %s", body, flag)
+	}
+	proc.waitLog(t, startTimeout, 1, "request refused", "status", "429", "reason", strings.TrimSuffix(string(body), "\n"))
 }
