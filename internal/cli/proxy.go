@@ -477,13 +477,7 @@ func (e *prefixedError) Unwrap() error { return e.err }
 // flight and, through drain, hijacked connections get up to timeout.
 func serveHTTP(ctx context.Context, hs *http.Server, ln net.Listener, drain func(context.Context), timeout time.Duration) error {
 	errc := make(chan error, 1)
-	go func() {
-		if hs.TLSConfig != nil {
-			errc <- hs.ServeTLS(ln, "", "")
-		} else {
-			errc <- hs.Serve(ln)
-		}
-	}()
+	go func() { errc <- front.Serve(hs, ln) }()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("http proxy: %w", err)

@@ -129,20 +129,21 @@ const (
 
 // NewServer wraps h in an http.Server with header limits and timeouts:
 // those of h's Config if h is a *Handler, else the defaults. tlsConf, if
-// not nil, makes it serve HTTPS (the proxy itself over TLS).
+// not nil, makes it serve HTTPS (the proxy itself over TLS). Serve it with
+// Serve.
 func NewServer(addr string, h http.Handler, tlsConf *tls.Config, log *slog.Logger) *http.Server {
 	maxHeader, readHeader := MaxHeaderBytes, ReadHeaderTimeout
+	var connCtx func(context.Context, net.Conn) context.Context
 	if fh, ok := h.(*Handler); ok {
-		if fh.cfg.MaxHeaderBytes > 0 {
-			maxHeader = fh.cfg.MaxHeaderBytes
-		}
-		if fh.cfg.ReadHeaderTimeout > 0 {
-			readHeader = fh.cfg.ReadHeaderTimeout
-		}
+		maxHeader, readHeader = fh.maxHeaderBytes(), fh.readHeaderTimeout()
+		// Serve wraps the connections so the requests net/http refuses
+		// itself are logged too (see watchConn).
+		h, connCtx = &watchedHandler{fh}, connContext
 	}
 	return &http.Server{
 		Addr:              addr,
 		Handler:           h,
+		ConnContext:       connCtx,
 		TLSConfig:         tlsConf,
 		ReadHeaderTimeout: readHeader,
 		IdleTimeout:       IdleTimeout,
@@ -316,6 +317,7 @@ func (h *Handler) connect(w http.ResponseWriter, r *http.Request, agentID, targe
 	h.cfg.Metrics.Request("connect", http.StatusOK)
 	rc := http.NewResponseController(w)
 	conn, brw, err := rc.Hijack()
+	conn = unwatch(conn)
 	if err != nil {
 		tunnel.Close()
 		release()
@@ -542,6 +544,7 @@ func (s *statusWriter) bytes() (up, down int64) {
 // the status is recorded here, and the connection counts the bytes.
 func (s *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	c, brw, err := http.NewResponseController(s.ResponseWriter).Hijack()
+	c = unwatch(c)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -45,7 +45,7 @@ func startFront(t *testing.T, cfg front.Config) (proxyAddr, originAddr string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	go srv.Serve(ln)
+	go front.Serve(srv, ln)
 	t.Cleanup(func() { srv.Close() })
 	return ln.Addr().String(), origin.Listener.Addr().String()
 }

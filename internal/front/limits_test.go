@@ -95,7 +95,7 @@ func serveFront(t testing.TB, h *front.Handler) string {
 		t.Fatal(err)
 	}
 	hs := front.NewServer("", h, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	go hs.Serve(ln)
+	go front.Serve(hs, ln)
 	t.Cleanup(func() { hs.Close() })
 	return ln.Addr().String()
 }

@@ -27,7 +27,7 @@ type Metrics struct {
 	AgentsConnected prometheus.Gauge
 	AgentSessions   *prometheus.CounterVec // result: ok, auth_failed, replaced, duplicate, over_limit, rate_limited
 	TunnelsActive   prometheus.Gauge
-	Tunnels         *prometheus.CounterVec // kind: connect, forward, agent; status: HTTP status code
+	Tunnels         *prometheus.CounterVec // kind: connect, forward, agent, invalid; status: HTTP status code
 	TunnelBytes     *prometheus.CounterVec // direction: up (client to destination), down
 	TunnelOpen      prometheus.Histogram   // seconds to open a tunnel through an agent
 }
@@ -48,7 +48,7 @@ func New() *Metrics {
 			Name: "reverse_http_tunnels_active", Help: "Tunnels open now.",
 		}),
 		Tunnels: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "reverse_http_tunnels_total", Help: "Client requests and agent tunnels by kind (connect, forward, agent) and HTTP status.",
+			Name: "reverse_http_tunnels_total", Help: "Client requests and agent tunnels by kind (connect, forward, agent, invalid: refused before it was parsed) and HTTP status.",
 		}, []string{"kind", "status"}),
 		TunnelBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "reverse_http_tunnel_bytes_total", Help: "Bytes relayed by direction: up (client to destination), down (destination to client).",

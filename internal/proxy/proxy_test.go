@@ -397,7 +397,7 @@ func httptestServer(t *testing.T, h http.Handler) string {
 		t.Fatal(err)
 	}
 	hs := front.NewServer("", h, nil, testLogger(t))
-	go hs.Serve(ln)
+	go front.Serve(hs, ln)
 	t.Cleanup(func() { hs.Close() })
 	return ln.Addr().String()
 }

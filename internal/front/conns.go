@@ -1,0 +1,254 @@
+package front
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+	"time"
+)
+
+// net/http answers some requests before any handler sees them: a header
+// over MaxHeaderBytes gets 431 and a malformed request 400, both written
+// straight to the connection, and a client that does not finish its header
+// within ReadHeaderTimeout is disconnected without a word. watchConn sits
+// between net/http and the client's connection (above TLS, so it sees the
+// plain text) to log and count those, like every other refusal.
+//
+// It watches only while no handler runs on the connection: a handler's
+// own reads and writes, and a hijacked tunnel's bytes, are never looked at.
+// A CONNECT tunnel unwraps it at hijack (see unwatch), so the relay still
+// reads the socket itself.
+type watchConn struct {
+	net.Conn
+	h *Handler
+
+	tls       *tls.Conn    // when the listener serves TLS
+	inHandler atomic.Int32 // handlers running on this connection
+	hijacked  atomic.Bool
+	served    atomic.Int64 // requests that reached the handler
+	// bytes read since the last handler returned (or since accept)
+	pending atomic.Int64
+	logged  atomic.Bool // one refusal line per connection
+}
+
+type watchKey struct{}
+
+func (c *watchConn) watching() bool { return c.inHandler.Load() == 0 && !c.hijacked.Load() }
+
+func (c *watchConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if !c.watching() {
+		return n, err
+	}
+	c.pending.Add(int64(n))
+	if err != nil && c.tls != nil && !c.tls.ConnectionState().HandshakeComplete {
+		c.handshakeFailed(err)
+		return n, err
+	}
+	var ne net.Error
+	if err != nil && errors.As(err, &ne) && ne.Timeout() {
+		// net/http's only read deadlines outside a handler are the
+		// header timeout and, between requests, the idle timeout; an
+		// idle keep-alive connection that sent nothing is not refused.
+		if c.served.Load() == 0 || c.pending.Load() > 0 {
+			c.refused(http.StatusRequestTimeout, c.headerTimeoutReason())
+		}
+	}
+	return n, err
+}
+
+// handshakeFailed does what net/http does for a *tls.Conn it can see: a
+// client that spoke plain HTTP to the TLS port is told so, and other
+// handshake failures (scanners, wrong CA) are logged at debug level only.
+func (c *watchConn) handshakeFailed(err error) {
+	if c.logged.Swap(true) {
+		return
+	}
+	var re tls.RecordHeaderError
+	if errors.As(err, &re) && re.Conn != nil && looksLikeHTTP(re.RecordHeader[:]) {
+		re.Conn.Write([]byte("HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"))
+		re.Conn.Close()
+		c.h.cfg.Metrics.Request("invalid", http.StatusBadRequest)
+		c.h.log.Info("request refused", "client", c.RemoteAddr().String(), "status", http.StatusBadRequest,
+			"reason", "plain HTTP sent to the TLS proxy port")
+		return
+	}
+	c.h.log.Debug("TLS handshake error", "client", c.RemoteAddr().String(), "error", err)
+}
+
+func looksLikeHTTP(hdr []byte) bool {
+	switch string(hdr) {
+	case "GET /", "HEAD ", "POST ", "PUT /", "OPTIO", "CONNE":
+		return true
+	}
+	return false
+}
+
+func (c *watchConn) headerTimeoutReason() string {
+	d := c.h.readHeaderTimeout()
+	if c.pending.Load() == 0 {
+		return "no request within " + d.String() + " of connecting (--http-proxy.read-header-timeout): connection closed"
+	}
+	return "request header not complete within " + d.String() + " (--http-proxy.read-header-timeout): connection closed"
+}
+
+func (c *watchConn) Write(p []byte) (int, error) {
+	if c.watching() {
+		// "HTTP/1.1 431 Request Header Fields Too Large\r\n...\r\n\r\n431 ..."
+		if status, reason, ok := netHTTPError(p); ok {
+			if status == http.StatusRequestHeaderFieldsTooLarge {
+				reason = "request header larger than " + strconv.Itoa(c.h.maxHeaderBytes()) + " bytes (--http-proxy.max-header-bytes)"
+			}
+			c.refused(status, reason)
+		}
+	}
+	return c.Conn.Write(p)
+}
+
+// CloseWrite lets net/http half-close before it hangs up on a refused
+// request, so the client reads the answer instead of a reset.
+func (c *watchConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// netHTTPError parses the one-write answer net/http gives a request it
+// refuses itself.
+func netHTTPError(p []byte) (int, string, bool) {
+	rest, ok := bytes.CutPrefix(p, []byte("HTTP/1.1 "))
+	if !ok {
+		if rest, ok = bytes.CutPrefix(p, []byte("HTTP/1.0 ")); !ok {
+			return 0, "", false
+		}
+	}
+	if len(rest) < 3 {
+		return 0, "", false
+	}
+	status, err := strconv.Atoi(string(rest[:3]))
+	if err != nil || status < 400 || status > 599 {
+		return 0, "", false
+	}
+	reason := http.StatusText(status)
+	if _, body, ok := bytes.Cut(rest, []byte("\r\n\r\n")); ok {
+		// The body repeats the status line: "400 Bad Request: why".
+		body = bytes.TrimPrefix(body, rest[:3])
+		body = bytes.TrimPrefix(body, []byte(" "+reason))
+		body = bytes.TrimSpace(bytes.TrimPrefix(body, []byte(":")))
+		if len(body) > 0 {
+			reason += ": " + string(body[:min(len(body), maxLoggedID)])
+		}
+	}
+	return status, reason, true
+}
+
+func (c *watchConn) refused(status int, reason string) {
+	if c.logged.Swap(true) {
+		return
+	}
+	c.h.cfg.Metrics.Request("invalid", status)
+	c.h.log.Info("request refused", "client", c.RemoteAddr().String(), "status", status, "reason", reason,
+		"header_bytes", c.pending.Load())
+}
+
+// enter and leave bracket a handler running on the connection.
+func (c *watchConn) enter() {
+	c.inHandler.Add(1)
+	c.served.Add(1)
+}
+
+func (c *watchConn) leave() {
+	c.pending.Store(0)
+	c.inHandler.Add(-1)
+}
+
+// unwatch returns the connection a hijacked conn wraps, so the relay reads
+// the socket itself; conn is returned as is if it is not watched.
+func unwatch(conn net.Conn) net.Conn {
+	if c, ok := conn.(*watchConn); ok {
+		c.hijacked.Store(true)
+		return c.Conn
+	}
+	return conn
+}
+
+// watchListener wraps every accepted connection in a watchConn, after TLS
+// if tlsConf is set.
+type watchListener struct {
+	net.Listener
+	h       *Handler
+	tlsConf *tls.Config
+}
+
+func (l *watchListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	wc := &watchConn{Conn: c, h: l.h}
+	if l.tlsConf != nil {
+		wc.tls = tls.Server(c, l.tlsConf)
+		wc.Conn = wc.tls
+	}
+	return wc, nil
+}
+
+// Serve serves hs (made by NewServer) on ln until hs is shut down or
+// closed, with TLS if hs.TLSConfig is set.
+func Serve(hs *http.Server, ln net.Listener) error {
+	h, ok := hs.Handler.(*watchedHandler)
+	if !ok {
+		if hs.TLSConfig != nil {
+			return hs.ServeTLS(ln, "", "")
+		}
+		return hs.Serve(ln)
+	}
+	return hs.Serve(&watchListener{Listener: ln, h: h.h, tlsConf: hs.TLSConfig})
+}
+
+// watchedHandler marks the watchConn of each request busy while h serves
+// it, and gives the request the TLS state net/http cannot see through the
+// wrapper.
+type watchedHandler struct{ h *Handler }
+
+func (w *watchedHandler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
+	c, _ := r.Context().Value(watchKey{}).(*watchConn)
+	if c == nil {
+		w.h.ServeHTTP(rw, r)
+		return
+	}
+	c.enter()
+	defer c.leave()
+	if c.tls != nil && r.TLS == nil {
+		st := c.tls.ConnectionState()
+		r.TLS = &st
+	}
+	w.h.ServeHTTP(rw, r)
+}
+
+func connContext(ctx context.Context, c net.Conn) context.Context {
+	if wc, ok := c.(*watchConn); ok {
+		return context.WithValue(ctx, watchKey{}, wc)
+	}
+	return ctx
+}
+
+func (h *Handler) readHeaderTimeout() time.Duration {
+	if h.cfg.ReadHeaderTimeout > 0 {
+		return h.cfg.ReadHeaderTimeout
+	}
+	return ReadHeaderTimeout
+}
+
+func (h *Handler) maxHeaderBytes() int {
+	if h.cfg.MaxHeaderBytes > 0 {
+		return h.cfg.MaxHeaderBytes
+	}
+	return MaxHeaderBytes
+}
