@@ -331,3 +331,58 @@ func expect429(t *testing.T, addr, target, auth, flag string, proc *process) {
 	}
 	proc.waitLog(t, startTimeout, 1, "request refused", "status", "429", "reason", strings.TrimSuffix(string(body), "\n"))
 }
+
+// TestForwardedCountedOnce: a tunnel an lb forwards is counted against
+// --limits.tunnels-per-client at the lb only, when both hold the cluster
+// key: the lb signs its Reverse-Http-Forwarded header and the proxy
+// verifies it. An lb without the key, and a client that sends the header
+// itself, are counted at the proxy like anyone.
+func TestForwardedCountedOnce(t *testing.T) {
+	t.Parallel()
+	progs := haNeed(t)
+	mc := startMemcached(t, progs)
+	e := startEcho(t)
+	key := writeClusterKey(t)
+	p := startStoreProxy(t, mc, "--store.cluster-key="+key, "--limits.tunnels-per-client=2")
+	startAgent(t, p, "a1")
+	signing := startLB(t, mc, "--store.cluster-key="+key)
+	unsigned := startLB(t, mc)
+	auth := basicAuth("a1", "noauth")
+
+	var open []*tunnel
+	defer func() {
+		for _, tn := range open {
+			tn.Close()
+		}
+	}()
+	through := func(addr string, n int) {
+		t.Helper()
+		for range n {
+			var tn *tunnel
+			if err := waitFor(startTimeout, func() error {
+				var err error
+				if tn, err = dialConnect(addr, e.addr, auth, nil); err != nil {
+					return err
+				}
+				if tn.resp.StatusCode != 200 {
+					tn.Close()
+					return fmt.Errorf("CONNECT through %s: %s", addr, tn.resp.Status)
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			open = append(open, tn)
+			echoOnce(t, tn, "x")
+		}
+	}
+	// Every node here has the address 127.0.0.1, so without the
+	// signature the third of these would be refused.
+	through(signing.httpAddr, 3)
+	// Unsigned: the proxy counts the lb's address.
+	through(unsigned.httpAddr, 2)
+	expect429(t, unsigned.httpAddr, e.addr, auth, "--limits.tunnels-per-client", p.process)
+	// A client forging the header is counted too, and logged.
+	expect429(t, p.httpAddr, e.addr, auth+"\r\nReverse-Http-Forwarded: 1", "--limits.tunnels-per-client", p.process)
+	p.waitLog(t, startTimeout, 1, "forwarded request not verified: counted against its sender's --limits.tunnels-per-client", "reason", "not signed")
+}

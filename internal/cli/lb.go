@@ -10,6 +10,7 @@ import (
 	"github.com/reverse-http/reverse-http/internal/front"
 	"github.com/reverse-http/reverse-http/internal/lb"
 	"github.com/reverse-http/reverse-http/internal/metrics"
+	"github.com/reverse-http/reverse-http/internal/route"
 )
 
 // LBCmd is `reverse-http lb`: the client front end of an HA cluster. It
@@ -63,7 +64,11 @@ func (c *LBCmd) Run(e *Env) error {
 	if err != nil {
 		return fmt.Errorf("--http-proxy.listen-address: %w", err)
 	}
-	store, err := c.Store.Memcached.store(c.Store.ClusterKey, e)
+	key, err := clusterKey(c.Store.ClusterKey, e)
+	var store *route.Memcached
+	if err == nil {
+		store, err = c.Store.Memcached.store(key, e)
+	}
 	if err != nil {
 		ln.Close()
 		return err
@@ -74,9 +79,10 @@ func (c *LBCmd) Run(e *Env) error {
 		Self:        []string{c.HTTPProxy.ListenAddress, ln.Addr().String()},
 		TLS:         cs.connectorTLS,
 		DialTimeout: c.HTTPConnector.DialTimeout,
+		ClusterKey:  key,
 		Log:         e.Log.With("component", "forwarder"),
 	}
-	handler := front.New(c.Limits.frontConfig(c.HTTPLimits, front.Config{Auth: cs.auth, Allow: cs.allow, Dialer: fwd, Metrics: m}), e.Log.With("component", "http-proxy"))
+	handler := front.New(c.Limits.frontConfig(c.HTTPLimits, front.Config{Auth: cs.auth, Allow: cs.allow, Dialer: fwd, Metrics: m, ClusterKey: key}), e.Log.With("component", "http-proxy"))
 	hs := front.NewServer(c.HTTPProxy.ListenAddress, handler, cs.serverTLS, e.Log)
 	e.Log.Info("route store", "type", "memcached", "servers", strings.Join(store.Servers(), ","), "cluster_key", c.Store.ClusterKey != "")
 	logListening(e, ln, cs.serverTLS, c.Auth.Type, cs.allow)

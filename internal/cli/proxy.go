@@ -142,20 +142,23 @@ type MemcachedConfig struct {
 }
 
 // store opens the route store with the cluster key in keyFile, if any.
-func (c MemcachedConfig) store(keyFile string, e *Env) (*route.Memcached, error) {
-	var key []byte
-	if keyFile != "" {
-		data, err := os.ReadFile(keyFile)
-		if err != nil {
-			return nil, fmt.Errorf("--store.cluster-key: %w", err)
-		}
-		if len(bytes.TrimSpace(data)) < 16 {
-			return nil, fmt.Errorf("--store.cluster-key %q: want at least 16 bytes of secret, got %d", keyFile, len(bytes.TrimSpace(data)))
-		}
-		key = route.DeriveClusterKey(bytes.TrimSpace(data))
-	} else {
-		e.Log.Warn("no --store.cluster-key: node leases in memcached are not signed, so anyone who can write to memcached can make this node send clients (and their credentials) to any address; set a shared key file on every proxy and lb")
+// clusterKey reads --store.cluster-key; without one it warns what is lost.
+func clusterKey(keyFile string, e *Env) ([]byte, error) {
+	if keyFile == "" {
+		e.Log.Warn("no --store.cluster-key: node leases in memcached are not signed, so anyone who can write to memcached can make this node send clients (and their credentials) to any address; and tunnels forwarded between nodes count against --limits.tunnels-per-client of the forwarding node's address; set a shared key file on every proxy and lb")
+		return nil, nil
 	}
+	data, err := os.ReadFile(keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("--store.cluster-key: %w", err)
+	}
+	if len(bytes.TrimSpace(data)) < 16 {
+		return nil, fmt.Errorf("--store.cluster-key %q: want at least 16 bytes of secret, got %d", keyFile, len(bytes.TrimSpace(data)))
+	}
+	return route.DeriveClusterKey(bytes.TrimSpace(data)), nil
+}
+
+func (c MemcachedConfig) store(key []byte, e *Env) (*route.Memcached, error) {
 	var servers []string
 	for _, a := range strings.Split(c.Address, ",") {
 		if a = strings.TrimSpace(a); a != "" {
@@ -271,7 +274,10 @@ func (c *ProxyCmd) Run(e *Env) error {
 		return fmt.Errorf("--http-proxy.listen-address: %w", err)
 	}
 
-	var dialer front.Dialer = srv
+	var (
+		dialer   front.Dialer = srv
+		frontKey []byte
+	)
 	if c.Store.Type == "memcached" {
 		self, err := c.selfAddress(ln.Addr())
 		if err != nil {
@@ -279,12 +285,17 @@ func (c *ProxyCmd) Run(e *Env) error {
 			ln.Close()
 			return err
 		}
-		store, err := c.Store.Memcached.store(c.Store.ClusterKey, e)
+		key, err := clusterKey(c.Store.ClusterKey, e)
+		var store *route.Memcached
+		if err == nil {
+			store, err = c.Store.Memcached.store(key, e)
+		}
 		if err != nil {
 			srv.Close()
 			ln.Close()
 			return err
 		}
+		frontKey = key
 		routes = proxy.NewRoutes(proxy.RoutesConfig{
 			Store: store, Addr: self, TTL: c.Store.TTL,
 			ReleaseTimeout: releaseTimeout(c.ShutdownTimeout, c.Store.Memcached.Timeout),
@@ -292,12 +303,13 @@ func (c *ProxyCmd) Run(e *Env) error {
 		dialer = &lb.Cluster{Local: srv, Forward: &lb.Forwarder{
 			Store: store, Self: []string{self, ln.Addr().String()}, TLS: connectorTLS,
 			DialTimeout: c.AgentServer.Agent.DialTimeout + 5*time.Second,
+			ClusterKey:  key,
 			Log:         e.Log.With("component", "forwarder"),
 		}}
 		e.Log.Info("route store", "type", "memcached", "servers", strings.Join(store.Servers(), ","), "route", self, "ttl", c.Store.TTL.String(),
 			"cluster_key", c.Store.ClusterKey != "")
 	}
-	handler = front.New(c.Limits.frontConfig(c.HTTPLimits, front.Config{Auth: authn, Allow: allowList, Dialer: dialer, Metrics: m}), e.Log.With("component", "http-proxy"))
+	handler = front.New(c.Limits.frontConfig(c.HTTPLimits, front.Config{Auth: authn, Allow: allowList, Dialer: dialer, Metrics: m, ClusterKey: frontKey}), e.Log.With("component", "http-proxy"))
 	if selfSigned != "" {
 		e.Log.Warn("no --agent-server.tls.file.cert/key: using a self-signed certificate generated in memory; agents must use --agent-client.tls.insecure-skip-verify",
 			"sha256_fingerprint", selfSigned)

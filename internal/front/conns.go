@@ -19,8 +19,11 @@ import (
 // between net/http and the client's connection (above TLS, so it sees the
 // plain text) to log and count those, like every other refusal.
 //
-// It watches only while no handler runs on the connection: a handler's
-// own reads and writes, and a hijacked tunnel's bytes, are never looked at.
+// It watches only while net/http reads a request header: from its
+// SetReadDeadline before each header until a handler runs. A handler's
+// reads and writes, the response net/http flushes after it returned, the
+// rest of a request body it discards, and a hijacked tunnel's bytes are
+// never looked at.
 // A CONNECT tunnel unwraps it at hijack (see unwatch), so the relay still
 // reads the socket itself.
 type watchConn struct {
@@ -30,15 +33,39 @@ type watchConn struct {
 	tls       *tls.Conn    // when the listener serves TLS
 	inHandler atomic.Int32 // handlers running on this connection
 	hijacked  atomic.Bool
+	armed     atomic.Bool  // net/http is reading a request header
 	served    atomic.Int64 // requests that reached the handler
-	// bytes read since the last handler returned (or since accept)
+	// bytes read of the request header being read
 	pending atomic.Int64
 	logged  atomic.Bool // one refusal line per connection
 }
 
 type watchKey struct{}
 
-func (c *watchConn) watching() bool { return c.inHandler.Load() == 0 && !c.hijacked.Load() }
+func (c *watchConn) watching() bool {
+	return c.armed.Load() && c.inHandler.Load() == 0 && !c.hijacked.Load()
+}
+
+// SetReadDeadline: net/http sets one in the future before it reads each
+// request header (the idle timeout, then the header timeout), once the
+// previous request is done with. Its other calls outside a handler set
+// one in the past or none, to end a pending background read.
+func (c *watchConn) SetReadDeadline(t time.Time) error {
+	c.rearm(t)
+	return c.Conn.SetReadDeadline(t)
+}
+
+func (c *watchConn) SetDeadline(t time.Time) error {
+	c.rearm(t)
+	return c.Conn.SetDeadline(t)
+}
+
+func (c *watchConn) rearm(t time.Time) {
+	if t.After(time.Now()) && c.inHandler.Load() == 0 && !c.armed.Load() {
+		c.pending.Store(0)
+		c.armed.Store(true)
+	}
+}
 
 func (c *watchConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
@@ -161,12 +188,10 @@ func (c *watchConn) refused(status int, reason string) {
 func (c *watchConn) enter() {
 	c.inHandler.Add(1)
 	c.served.Add(1)
+	c.armed.Store(false)
 }
 
-func (c *watchConn) leave() {
-	c.pending.Store(0)
-	c.inHandler.Add(-1)
-}
+func (c *watchConn) leave() { c.inHandler.Add(-1) }
 
 // unwatch returns the connection a hijacked conn wraps, so the relay reads
 // the socket itself; conn is returned as is if it is not watched.
@@ -192,6 +217,7 @@ func (l *watchListener) Accept() (net.Conn, error) {
 		return nil, err
 	}
 	wc := &watchConn{Conn: c, h: l.h}
+	wc.armed.Store(true)
 	if l.tlsConf != nil {
 		wc.tls = tls.Server(c, l.tlsConf)
 		wc.Conn = wc.tls

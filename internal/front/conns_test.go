@@ -94,6 +94,24 @@ func TestRefusedBeforeHandlerLogged(t *testing.T) {
 			t.Errorf("idle keep-alive connection logged as refused: %s", line)
 		}
 	})
+	t.Run("handler refusal logged once", func(t *testing.T) {
+		// The handler's own refusal, flushed after it returned, and
+		// the body net/http then discards are not taken for a refusal
+		// of net/http's; nor is the idle timeout after them.
+		c := dial(t, addr)
+		io.WriteString(c, "POST http://"+dest+"/ HTTP/1.1\r\nHost: "+dest+"\r\nProxy-Authorization: "+basic("offline", "noauth")+
+			"\r\nContent-Length: 5\r\n\r\nhello")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil || resp.StatusCode != 503 {
+			t.Fatalf("request for an offline agent: %v %v", resp, err)
+		}
+		resp.Body.Close()
+		readAll(t, c) // closed by the idle timeout
+		time.Sleep(100 * time.Millisecond)
+		if n := strings.Count(logs.String(), "client="+c.LocalAddr().String()); n != 1 {
+			t.Errorf("%d log lines for one refused request, want 1:\n%s", n, logs.String())
+		}
+	})
 	t.Run("tunnel unwatched", func(t *testing.T) {
 		// A tunnel's own bytes are never read as an HTTP answer: the
 		// origin's reply here looks like one.

@@ -66,9 +66,14 @@ type Config struct {
 
 	// MaxTunnelsPerClient is how many CONNECT tunnels and absolute-form
 	// requests one client IP address may have open at once; past it the
-	// client gets 429. Requests forwarded by another node (ForwardedHeader)
-	// were counted there and are not counted again. Zero means no limit.
+	// client gets 429. Requests forwarded by another node were counted
+	// there and are not counted again if their ForwardedHeader is signed
+	// with ClusterKey (see SignForwarded). Zero means no limit.
 	MaxTunnelsPerClient int
+	// ClusterKey, if not empty, verifies the ForwardedHeader of requests
+	// from other nodes. Without it every request counts against
+	// MaxTunnelsPerClient.
+	ClusterKey []byte
 	// TunnelIdleTimeout ends a CONNECT tunnel, or a connection through an
 	// agent that serves absolute-form requests, that moved no byte either
 	// way for this long. Zero means never.
@@ -198,7 +203,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	release := func() {}
-	if h.clients != nil && !Forwarded(r.Context()) {
+	if h.clients != nil && !h.countedElsewhere(r, agentID, target) {
 		addr := clientAddr(r.RemoteAddr)
 		if !h.clients.acquire(addr) {
 			h.fail(w, r, agentID, target, http.StatusTooManyRequests, fmt.Sprintf(
@@ -213,6 +218,25 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer release()
 	h.forward(w, r, agentID, target)
+}
+
+// countedElsewhere reports whether r was forwarded by another node that
+// counted it against its client's limit already: only if the node proves
+// it is a cluster member by signing its ForwardedHeader.
+func (h *Handler) countedElsewhere(r *http.Request, agentID, target string) bool {
+	v := r.Header.Get(ForwardedHeader)
+	if v == "" {
+		return false
+	}
+	err := checkForwarded(h.cfg.ClusterKey, v, agentID, target, time.Now())
+	switch {
+	case err == nil:
+		return true
+	case len(h.cfg.ClusterKey) > 0:
+		h.log.Warn("forwarded request not verified: counted against its sender's --limits.tunnels-per-client",
+			"client", r.RemoteAddr, "agent", clip(agentID), "reason", err.Error())
+	}
+	return false
 }
 
 // destination returns the host:port a request wants.

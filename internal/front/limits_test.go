@@ -188,7 +188,8 @@ func TestTransportsOnlyForReachableAgents(t *testing.T) {
 // node are not counted again; a place is free again once a tunnel ends.
 func TestTunnelsPerClientLimit(t *testing.T) {
 	m := metrics.New()
-	h, logs, _ := newFront(t, front.Config{MaxTunnelsPerClient: 2, Metrics: m}, "4711")
+	key := []byte("a cluster key of thirty-two bytes")
+	h, logs, _ := newFront(t, front.Config{MaxTunnelsPerClient: 2, Metrics: m, ClusterKey: key}, "4711")
 	release, holding := make(chan struct{}), make(chan struct{}, 1)
 	web := origin(t, release, holding)
 	addr := serveFront(t, h)
@@ -245,11 +246,22 @@ func TestTunnelsPerClientLimit(t *testing.T) {
 	if n := value(m.Tunnels.WithLabelValues("connect", "429")); n < 1 {
 		t.Errorf("reverse_http_tunnels_total{kind=connect,status=429} = %v", n)
 	}
-	// Forwarded by another node: counted there, not here.
-	resp, err = rawGet(addr, web, "/", auth, front.ForwardedHeader+": 1\r\n")
+	// Forwarded by another node, which signed it with the cluster key:
+	// counted there, not here.
+	signed := front.SignForwarded(key, "4711", web, time.Now())
+	resp, err = rawGet(addr, web, "/", auth, front.ForwardedHeader+": "+signed+"\r\n")
 	if err != nil || resp.StatusCode != 200 {
-		t.Fatalf("forwarded request at the limit: %v %v, want 200", resp, err)
+		t.Fatalf("signed forwarded request at the limit: %v %v, want 200", resp, err)
 	}
+	// Anyone can send the header: unsigned, or signed for another
+	// destination, it is counted like any request.
+	for _, v := range []string{"1", front.SignForwarded(key, "4711", "elsewhere:80", time.Now())} {
+		resp, err = rawGet(addr, web, "/", auth, front.ForwardedHeader+": "+v+"\r\n")
+		if err != nil || resp.StatusCode != 429 {
+			t.Fatalf("forwarded header %q at the limit: %v %v, want 429", v, resp, err)
+		}
+	}
+	logs.waitLog(t, "forwarded request not verified", "--limits.tunnels-per-client", `reason="not signed"`)
 
 	close(release)
 	if err := <-held; err != nil {

@@ -33,7 +33,10 @@ type Forwarder struct {
 	// DialTimeout bounds the whole exchange with the owning proxy,
 	// including its own tunnel to the agent. Zero means 15s.
 	DialTimeout time.Duration
-	Log         *slog.Logger
+	// ClusterKey signs the ForwardedHeader sent with each tunnel, so the
+	// receiving proxy does not count it against the client limit again.
+	ClusterKey []byte
+	Log        *slog.Logger
 }
 
 // Store is where the Forwarder looks routes up (*route.Memcached).
@@ -60,7 +63,7 @@ func (f *Forwarder) Dial(ctx context.Context, agentID, hostport string) (net.Con
 	if err != nil {
 		return nil, err
 	}
-	c, err := f.connect(ctx, addr, hostport)
+	c, err := f.connect(ctx, addr, agentID, hostport)
 	var ue *unreachableError
 	if !errors.As(err, &ue) {
 		return c, err
@@ -68,7 +71,7 @@ func (f *Forwarder) Dial(ctx context.Context, agentID, hostport string) (net.Con
 	f.Log.Warn("proxy holding the agent is unreachable; reading the route again", "agent", agentID, "proxy", addr, "error", ue.err)
 	again, lerr := f.lookup(ctx, agentID)
 	if lerr == nil && again != addr {
-		c, err = f.connect(ctx, again, hostport)
+		c, err = f.connect(ctx, again, agentID, hostport)
 		if !errors.As(err, &ue) {
 			return c, err
 		}
@@ -100,7 +103,7 @@ func (f *Forwarder) lookup(ctx context.Context, agentID string) (string, error) 
 
 // connect sends CONNECT hostport to the proxy at addr on behalf of the
 // client whose request ctx carries.
-func (f *Forwarder) connect(ctx context.Context, addr, hostport string) (net.Conn, error) {
+func (f *Forwarder) connect(ctx context.Context, addr, agentID, hostport string) (net.Conn, error) {
 	timeout := f.DialTimeout
 	if timeout <= 0 {
 		timeout = 15 * time.Second
@@ -129,7 +132,8 @@ func (f *Forwarder) connect(ctx context.Context, addr, hostport string) (net.Con
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
 	defer stop()
 
-	req := "CONNECT " + hostport + " HTTP/1.1\r\nHost: " + hostport + "\r\n" + front.ForwardedHeader + ": 1\r\n"
+	req := "CONNECT " + hostport + " HTTP/1.1\r\nHost: " + hostport + "\r\n" +
+		front.ForwardedHeader + ": " + front.SignForwarded(f.ClusterKey, agentID, hostport, time.Now()) + "\r\n"
 	if auth := front.ProxyAuthorization(ctx); auth != "" {
 		req += "Proxy-Authorization: " + auth + "\r\n"
 	}
