@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -137,7 +138,10 @@ func (f *Forwarder) connect(ctx context.Context, addr, agentID, hostport string)
 	if auth := front.ProxyAuthorization(ctx); auth != "" {
 		req += "Proxy-Authorization: " + auth + "\r\n"
 	}
-	br := bufio.NewReaderSize(conn, 1024)
+	// The answer is read through a limit (the relay then reads conn
+	// itself, after what br holds), so a proxy answering without end
+	// cannot grow this node.
+	br := bufio.NewReaderSize(io.LimitReader(conn, maxAnswerBytes), 1024)
 	status, reason, err := func() (int, string, error) {
 		if _, err := conn.Write([]byte(req + "\r\n")); err != nil {
 			return 0, "", err
@@ -165,6 +169,10 @@ func (f *Forwarder) connect(ctx context.Context, addr, agentID, hostport string)
 	conn.SetDeadline(time.Time{})
 	return relay.NewTCP(conn, br), nil
 }
+
+// maxAnswerBytes bounds the owning proxy's answer to a forwarded CONNECT:
+// its status line, headers and the one-line reason read from its body.
+const maxAnswerBytes = 64 << 10
 
 // Local is the part of a proxy the Cluster dialer needs.
 type Local interface {
