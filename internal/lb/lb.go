@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/reverse-http/reverse-http/internal/front"
@@ -157,6 +158,11 @@ func (f *Forwarder) connect(ctx context.Context, addr, agentID, hostport string)
 	}
 	if status != http.StatusOK {
 		conn.Close()
+		if status == http.StatusBadRequest && strings.Contains(reason, "HTTP request to an HTTPS server") {
+			// net/http's answer on a TLS port: this node's settings, not
+			// the client's request, are wrong.
+			return nil, &unreachableError{fmt.Errorf("it serves TLS on its HTTP port: set --http-connector.tls.enable")}
+		}
 		if status == http.StatusServiceUnavailable {
 			return nil, wire.Errorf(wire.ErrAgentOffline, reason)
 		}
