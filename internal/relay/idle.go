@@ -113,18 +113,18 @@ func (ic *IdleCloser) sweep() {
 // StartIdle is Start, and ends the tunnel with ErrIdle (aborting both
 // sides) once it moved no byte either way for ic's timeout. A nil ic is
 // Start.
-func StartIdle(a, b Conn, ic *IdleCloser, done func(Result)) {
+func StartIdle(a, b Conn, ic *IdleCloser, done func(Result)) *Tunnel {
 	if ic == nil {
-		Start(a, b, done)
-		return
+		return Start(a, b, done)
 	}
-	t := &tunnel{a: a, b: b, done: done}
+	t := &Tunnel{a: a, b: b, done: done}
 	t.left.Store(2)
 	t.idle = ic
 	t.watch = ic.watch(&t.moved, func() { t.fail(ErrIdle) })
 	now := time.Now()
-	go (&pump{t: t, src: a, dst: b, n: &t.res.AToB, moved: &t.moved, handoff: true, since: now}).run()
-	go (&pump{t: t, src: b, dst: a, n: &t.res.BToA, moved: &t.moved, handoff: true, since: now}).run()
+	go (&pump{t: t, src: a, dst: b, n: &t.res.AToB, live: &t.aToB, moved: &t.moved, handoff: true, since: now}).run()
+	go (&pump{t: t, src: b, dst: a, n: &t.res.BToA, live: &t.bToA, moved: &t.moved, handoff: true, since: now}).run()
+	return t
 }
 
 // Conn returns c watched by ic: once no byte moved through it either way

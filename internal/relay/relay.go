@@ -50,19 +50,21 @@ func Join(a, b Conn) Result {
 
 // Start is Join without the wait: it returns at once, each direction runs
 // in a goroutine of its own, and done is called (from one of them) with the
-// Result once both directions have ended and a and b are closed.
+// Result once both directions have ended and a and b are closed. The
+// Tunnel it returns reports the bytes moved so far and can end it.
 //
 // An open tunnel costs those two goroutines, and an idle one only two
 // minimal stacks: a direction that has copied bytes and is about to wait for
 // more (see Copy) continues on a fresh goroutine, at most once per
 // handoffEvery, so the stack that grew deep in the write path is freed
 // instead of being held for as long as the tunnel stays idle.
-func Start(a, b Conn, done func(Result)) {
-	t := &tunnel{a: a, b: b, done: done}
+func Start(a, b Conn, done func(Result)) *Tunnel {
+	t := &Tunnel{a: a, b: b, done: done}
 	t.left.Store(2)
 	now := time.Now()
-	go (&pump{t: t, src: a, dst: b, n: &t.res.AToB, handoff: true, since: now}).run()
-	go (&pump{t: t, src: b, dst: a, n: &t.res.BToA, handoff: true, since: now}).run()
+	go (&pump{t: t, src: a, dst: b, n: &t.res.AToB, live: &t.aToB, handoff: true, since: now}).run()
+	go (&pump{t: t, src: b, dst: a, n: &t.res.BToA, live: &t.bToA, handoff: true, since: now}).run()
+	return t
 }
 
 // handoffEvery bounds how often one direction moves to a fresh goroutine:
@@ -70,14 +72,15 @@ func Start(a, b Conn, done func(Result)) {
 // burst of bytes.
 const handoffEvery = 100 * time.Millisecond
 
-// tunnel is the state the two directions of a Start share.
-type tunnel struct {
-	a, b   Conn
-	done   func(Result)
-	left   atomic.Int32 // directions still running
-	mu     sync.Mutex
-	failed bool
-	res    Result
+// Tunnel is the state the two directions of a Start share.
+type Tunnel struct {
+	a, b       Conn
+	done       func(Result)
+	left       atomic.Int32 // directions still running
+	aToB, bToA atomic.Int64 // bytes so far
+	mu         sync.Mutex
+	failed     bool
+	res        Result
 
 	// With StartIdle: bytes moved either way bump moved, which idle
 	// watches.
@@ -86,9 +89,16 @@ type tunnel struct {
 	watch *watch
 }
 
+// Bytes returns the bytes copied so far from a to b and from b to a.
+func (t *Tunnel) Bytes() (aToB, bToA int64) { return t.aToB.Load(), t.bToA.Load() }
+
+// Abort ends the tunnel with err as if a side had failed: both sides are
+// aborted and done gets err (unless the tunnel had failed already).
+func (t *Tunnel) Abort(err error) { t.fail(err) }
+
 // fail records the tunnel's first error and aborts both sides, so the other
 // direction stops too.
-func (t *tunnel) fail(err error) {
+func (t *Tunnel) fail(err error) {
 	t.mu.Lock()
 	first := !t.failed
 	if first {
@@ -104,7 +114,7 @@ func (t *tunnel) fail(err error) {
 
 // ended is called by each direction once it has stopped; the last one
 // closes both sides and reports.
-func (t *tunnel) ended() {
+func (t *Tunnel) ended() {
 	if t.left.Add(-1) != 0 {
 		return
 	}
@@ -123,11 +133,12 @@ func (t *tunnel) ended() {
 
 // pump copies src to dst: one direction of a tunnel, or a Copy.
 type pump struct {
-	t       *tunnel // nil for a Copy, which never calls run
+	t       *Tunnel // nil for a Copy, which never calls run
 	src     io.Reader
 	dst     io.Writer
 	written int64
 	n       *int64        // where run stores written at the end
+	live    *atomic.Int64 // if not nil, gets each write's bytes
 	moved   *atomic.Int64 // if not nil, bumped after each write of bytes
 	bp      *[]byte
 	err     error
@@ -201,6 +212,9 @@ func (p *pump) copy() bool {
 		if nr > 0 {
 			nw, werr := p.dst.Write(buf[:nr])
 			p.written += int64(nw)
+			if p.live != nil {
+				p.live.Add(int64(nw))
+			}
 			if p.moved != nil {
 				p.moved.Add(1)
 			}
