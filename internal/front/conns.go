@@ -278,3 +278,27 @@ func (h *Handler) maxHeaderBytes() int {
 	}
 	return MaxHeaderBytes
 }
+
+// Run serves hs (made by NewServer) on ln until ctx ends, then shuts it
+// down: requests in flight and open tunnels get up to timeout, and at the
+// deadline those left are closed. It returns once every goroutine the
+// Handler started has ended.
+func Run(ctx context.Context, hs *http.Server, ln net.Listener, timeout time.Duration) error {
+	errc := make(chan error, 1)
+	go func() { errc <- Serve(hs, ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := hs.Shutdown(sctx); err != nil {
+		hs.Close()
+	}
+	if w, ok := hs.Handler.(*watchedHandler); ok {
+		w.h.Drain(sctx)
+	}
+	<-errc
+	return nil
+}

@@ -103,7 +103,7 @@ type Handler struct {
 	transports *transports       // per agent, for absolute-form requests
 	clients    *clientCounts     // nil without MaxTunnelsPerClient
 	idle       *relay.IdleCloser // nil without TunnelIdleTimeout
-	tunnels    atomic.Int64      // CONNECT tunnels open now
+	open       openSet           // tunnels and requests open now
 }
 
 // New makes a Handler.
@@ -163,25 +163,11 @@ func NewServer(addr string, h http.Handler, tlsConf *tls.Config, log *slog.Logge
 // requests; call it when the agent disconnects.
 func (h *Handler) Forget(agentID string) { h.transports.forget(agentID) }
 
-// Drain waits until no CONNECT tunnel is open or ctx ends, and closes the
-// idle connections of absolute-form requests. http.Server.Shutdown does
-// not wait for hijacked connections; call it after Shutdown.
-func (h *Handler) Drain(ctx context.Context) {
-	t := time.NewTicker(50 * time.Millisecond)
-	defer t.Stop()
-	for h.tunnels.Load() > 0 {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-	h.transports.closeIdle()
-}
-
 // ServeHTTP authenticates, checks the allowlist and serves a CONNECT or an
 // absolute-form request.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h.open.running.Add(1)
+	defer h.open.running.Add(-1)
 	target, err := destination(r)
 	if err != nil {
 		h.fail(w, r, "", target, http.StatusBadRequest, err.Error())
@@ -358,14 +344,31 @@ func (h *Handler) connect(w http.ResponseWriter, r *http.Request, agentID, targe
 	// The relay runs in goroutines of its own and this one, whose stack
 	// grew deep in net/http and the dial, ends. Nothing of the request is
 	// kept: an open tunnel costs its two connections and two small stacks.
-	h.tunnels.Add(1)
+	var rt atomic.Pointer[relay.Tunnel]
+	o := &open{
+		info: Tunnel{Agent: agentID, Client: r.RemoteAddr, Destination: target, Method: http.MethodConnect, Since: start},
+		bytes: func() (int64, int64) {
+			if t := rt.Load(); t != nil {
+				return t.Bytes()
+			}
+			return 0, 0
+		},
+		abort: func() {
+			if t := rt.Load(); t != nil {
+				t.Abort(errShutdown)
+			}
+		},
+	}
+	h.open.add(o)
+	h.open.running.Add(1)
 	clientAddr := r.RemoteAddr
-	relay.StartIdle(relay.NewTCP(conn, brw.Reader), relay.AsConn(tunnel), h.idle, func(res relay.Result) {
-		defer h.tunnels.Add(-1)
+	rt.Store(relay.StartIdle(relay.NewTCP(conn, brw.Reader), relay.AsConn(tunnel), h.idle, func(res relay.Result) {
+		defer h.open.running.Add(-1)
+		h.open.remove(o)
 		release()
 		h.cfg.Metrics.Closed(res.AToB, res.BToA)
 		h.logTunnel(agentID, clientAddr, target, "CONNECT", start, res)
-	})
+	}))
 }
 
 func (h *Handler) logTunnel(agentID, client, target, method string, start time.Time, res relay.Result) {
@@ -401,6 +404,16 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, agentID, targe
 		r.Body = sw.body
 		defer body.finish()
 	}
+	o := &open{
+		info:  Tunnel{Agent: agentID, Client: r.RemoteAddr, Destination: target, Method: r.Method, Since: start},
+		bytes: sw.bytes,
+	}
+	if c, _ := r.Context().Value(watchKey{}).(*watchConn); c != nil {
+		inner := c.Conn
+		o.abort = func() { inner.Close() }
+	}
+	h.open.add(o)
+	defer h.open.remove(o)
 	defer func() {
 		up, down := sw.bytes()
 		attrs := []any{"agent", agentID, "client", r.RemoteAddr, "method", r.Method,
@@ -411,8 +424,8 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, agentID, targe
 		}
 		// Metrics first: whoever reads the log line finds them counted.
 		h.cfg.Metrics.Request("forward", sw.status)
-		if sw.upgraded != nil {
-			h.cfg.Metrics.Bytes(sw.upgraded.up.Load(), sw.upgraded.down.Load())
+		if u := sw.upgraded.Load(); u != nil {
+			h.cfg.Metrics.Bytes(u.up.Load(), u.down.Load())
 		}
 		h.log.Info("request forwarded", attrs...)
 	}()
@@ -543,22 +556,22 @@ func (b *idleBody) finish() {
 type statusWriter struct {
 	http.ResponseWriter
 	status   int
-	n        int64
-	reason   string        // why the proxy answered with an error, if it did
-	body     *countingBody // the request body, if there is one
-	upgraded *countingConn // the client's connection after a 101
+	n        atomic.Int64
+	reason   string                       // why the proxy answered with an error, if it did
+	body     *countingBody                // the request body, if there is one
+	upgraded atomic.Pointer[countingConn] // the client's connection after a 101
 }
 
 // bytes returns the bytes relayed up (request body, then the upgraded
 // connection's) and down (response body, then the upgraded connection's).
 func (s *statusWriter) bytes() (up, down int64) {
-	up, down = 0, s.n
+	up, down = 0, s.n.Load()
 	if s.body != nil {
 		up = s.body.n.Load()
 	}
-	if s.upgraded != nil {
-		up += s.upgraded.up.Load()
-		down += s.upgraded.down.Load()
+	if u := s.upgraded.Load(); u != nil {
+		up += u.up.Load()
+		down += u.down.Load()
 	}
 	return up, down
 }
@@ -575,8 +588,9 @@ func (s *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if s.status == 0 {
 		s.status = http.StatusSwitchingProtocols
 	}
-	s.upgraded = &countingConn{Conn: c}
-	return s.upgraded, brw, nil
+	u := &countingConn{Conn: c}
+	s.upgraded.Store(u)
+	return u, brw, nil
 }
 
 // countingBody counts the bytes read from a request body.
@@ -631,7 +645,7 @@ func (s *statusWriter) Write(p []byte) (int, error) {
 		s.status = http.StatusOK
 	}
 	n, err := s.ResponseWriter.Write(p)
-	s.n += int64(n)
+	s.n.Add(int64(n))
 	return n, err
 }
 

@@ -1,0 +1,140 @@
+package front
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Tunnel is one open client tunnel (a CONNECT) or an absolute-form request
+// in flight, as /tunnels lists it.
+type Tunnel struct {
+	Agent       string    `json:"agent"`
+	Client      string    `json:"client"`
+	Destination string    `json:"destination"`
+	Method      string    `json:"method"`
+	Since       time.Time `json:"since"`
+	BytesUp     int64     `json:"bytes_up"`
+	BytesDown   int64     `json:"bytes_down"`
+}
+
+// open is a registered Tunnel: its fixed fields, how to read its bytes and
+// how to end it at the shutdown deadline.
+type open struct {
+	info  Tunnel
+	bytes func() (up, down int64)
+	abort func()
+}
+
+// openSet is the client front's set of open tunnels and requests, and a
+// count of everything it started that has not ended yet (handler calls
+// and relays), so Drain can wait for all of it.
+type openSet struct {
+	mu      sync.Mutex
+	m       map[*open]struct{}
+	running atomic.Int64
+}
+
+func (s *openSet) add(o *open) {
+	s.mu.Lock()
+	if s.m == nil {
+		s.m = map[*open]struct{}{}
+	}
+	s.m[o] = struct{}{}
+	s.mu.Unlock()
+}
+
+func (s *openSet) remove(o *open) {
+	s.mu.Lock()
+	delete(s.m, o)
+	s.mu.Unlock()
+}
+
+func (s *openSet) len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.m)
+}
+
+// list returns up to limit tunnels, oldest first (all if limit <= 0).
+func (s *openSet) list(limit int) []Tunnel {
+	s.mu.Lock()
+	all := make([]*open, 0, len(s.m))
+	for o := range s.m {
+		all = append(all, o)
+	}
+	s.mu.Unlock()
+	slices.SortFunc(all, func(a, b *open) int {
+		if c := a.info.Since.Compare(b.info.Since); c != 0 {
+			return c
+		}
+		return strings.Compare(a.info.Client, b.info.Client)
+	})
+	if limit > 0 && len(all) > limit {
+		all = all[:limit]
+	}
+	out := make([]Tunnel, len(all))
+	for i, o := range all {
+		out[i] = o.info
+		if o.bytes != nil {
+			out[i].BytesUp, out[i].BytesDown = o.bytes()
+		}
+	}
+	return out
+}
+
+// abortAll ends every open tunnel and request and returns how many.
+func (s *openSet) abortAll() int {
+	s.mu.Lock()
+	all := make([]*open, 0, len(s.m))
+	for o := range s.m {
+		all = append(all, o)
+	}
+	s.mu.Unlock()
+	for _, o := range all {
+		if o.abort != nil {
+			o.abort()
+		}
+	}
+	return len(all)
+}
+
+// Tunnels returns up to limit of the open CONNECT tunnels and absolute-form
+// requests in flight, oldest first, with the bytes each moved so far.
+func (h *Handler) Tunnels(limit int) []Tunnel { return h.open.list(limit) }
+
+// OpenTunnels is how many CONNECT tunnels and absolute-form requests are
+// open now.
+func (h *Handler) OpenTunnels() int { return h.open.len() }
+
+// Drain waits until every tunnel and request has ended or ctx ends; then it
+// ends those still open (their clients' connections and their streams to
+// the agents are closed) and waits until every goroutine the Handler
+// started has returned. It closes the idle connections of absolute-form
+// requests. http.Server.Shutdown does not wait for hijacked connections:
+// call Drain after it, with the same deadline.
+func (h *Handler) Drain(ctx context.Context) {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for h.open.len() > 0 && ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
+	}
+	if n := h.open.abortAll(); n > 0 {
+		h.log.Warn("shutdown deadline: closing the tunnels and requests still open", "tunnels", n)
+	}
+	for h.open.running.Load() > 0 {
+		<-t.C
+		h.open.abortAll() // any that registered just now
+	}
+	h.transports.closeIdle()
+}
+
+// errShutdown ends the tunnels still open at the shutdown deadline.
+var errShutdown = errors.New("closed at the shutdown deadline (--shutdown-timeout)")
