@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 	"github.com/reverse-http/reverse-http/internal/allow"
 	"github.com/reverse-http/reverse-http/internal/metrics"
 	"github.com/reverse-http/reverse-http/internal/relay"
+	"github.com/reverse-http/reverse-http/internal/run"
 	"github.com/reverse-http/reverse-http/internal/wire"
 )
 
@@ -82,6 +84,10 @@ type Config struct {
 	BlockLocal bool
 	// Metrics, if not nil, records the connection state and tunnels.
 	Metrics *metrics.Metrics
+	// MetricsAddr, if not empty, serves Metrics (made if nil) on /metrics
+	// and /healthz; a tunnel to that listener is refused like to
+	// OwnListeners.
+	MetricsAddr string
 	// Transport, if not nil, is the UDP socket the agent connects from,
 	// which it may share with other agents in this process (a load
 	// generator). Nil: every connection attempt uses a new socket, and so
@@ -125,9 +131,32 @@ func New(cfg Config, log *slog.Logger) *Agent {
 // start over.
 const healthyAfter = 30 * time.Second
 
-// Run connects, serves tunnels and reconnects until ctx ends. It returns
-// after every goroutine it started has ended.
+// Run serves the metrics listener, if any, and connects, serves tunnels
+// and reconnects until ctx ends. It returns after every goroutine it
+// started has ended. Failing to bind the metrics listener is a
+// *run.ListenError for "metrics".
 func (a *Agent) Run(ctx context.Context) error {
+	if a.cfg.MetricsAddr == "" {
+		return a.connect(ctx)
+	}
+	if a.cfg.Metrics == nil {
+		a.cfg.Metrics = metrics.New()
+	}
+	// Bound first: the agent refuses tunnels to it.
+	ln, err := metrics.Listen(a.cfg.MetricsAddr)
+	if err != nil {
+		return &run.ListenError{Part: "metrics", Err: errors.Unwrap(err)}
+	}
+	if ap, err := netip.ParseAddrPort(ln.Addr().String()); err == nil {
+		a.cfg.OwnListeners = append(slices.Clip(a.cfg.OwnListeners), ap)
+	}
+	return run.All(ctx,
+		func(ctx context.Context) error { return a.cfg.Metrics.ServeListener(ctx, ln, a.log) },
+		a.connect)
+}
+
+// connect connects, serves tunnels and reconnects until ctx ends.
+func (a *Agent) connect(ctx context.Context) error {
 	b := backoff{base: 200 * time.Millisecond, max: a.cfg.BackoffMax}
 	dupWait := time.Duration(0) // the last wait after a CodeDuplicate refusal
 	for {

@@ -1,17 +1,14 @@
 package cli
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"strings"
 	"time"
 
 	"github.com/reverse-http/reverse-http/internal/agent"
 	"github.com/reverse-http/reverse-http/internal/auth"
-	"github.com/reverse-http/reverse-http/internal/metrics"
 	"github.com/reverse-http/reverse-http/internal/tlsconf"
 )
 
@@ -110,24 +107,10 @@ func (c *AgentCmd) Run(e *Env) error {
 	if err != nil {
 		return flagError("agent-client", err)
 	}
-	m := metrics.New()
-	// The metrics listener is bound first: the agent refuses tunnels to it.
-	var own []netip.AddrPort
-	var serve []func(context.Context) error
-	if c.Metrics.ListenAddress != "" {
-		ln, err := metrics.Listen(c.Metrics.ListenAddress)
-		if err != nil {
-			return err
-		}
-		if ap, err := netip.ParseAddrPort(ln.Addr().String()); err == nil {
-			own = append(own, ap)
-		}
-		serve = append(serve, func(ctx context.Context) error { return m.ServeListener(ctx, ln, e.Log) })
-	}
 	e.Log.Info("agent starting", "server", ac.ServerAddress, "auth", c.Auth.Type, "allowlist", allowList.String(),
 		"block_local", ac.BlockLocal)
 	a := agent.New(agent.Config{
-		Metrics:          m,
+		MetricsAddr:      c.Metrics.ListenAddress,
 		ServerAddr:       ac.ServerAddress,
 		TLS:              tlsConf,
 		Credential:       credential,
@@ -140,9 +123,8 @@ func (c *AgentCmd) Run(e *Env) error {
 		ReplacedWait:     ac.ReplacedWait,
 		BackoffMax:       ac.BackoffMax,
 		BlockLocal:       ac.BlockLocal,
-		OwnListeners:     own,
 	}, e.Log)
-	return runAll(e.Ctx, append(serve, a.Run)...)
+	return listenError(a.Run(e.Ctx), map[string]string{"metrics": "metrics.listen-address"})
 }
 
 // inlineFlag reports whether args (the command line, without the program

@@ -1,16 +1,10 @@
 package cli
 
 import (
-	"context"
-	"fmt"
-	"net"
-	"strings"
 	"time"
 
 	"github.com/reverse-http/reverse-http/internal/front"
 	"github.com/reverse-http/reverse-http/internal/lb"
-	"github.com/reverse-http/reverse-http/internal/metrics"
-	"github.com/reverse-http/reverse-http/internal/route"
 )
 
 // LBCmd is `reverse-http lb`: the client front end of an HA cluster. It
@@ -60,33 +54,28 @@ func (c *LBCmd) Run(e *Env) error {
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", c.HTTPProxy.ListenAddress)
-	if err != nil {
-		return fmt.Errorf("--http-proxy.listen-address: %w", err)
-	}
 	key, err := clusterKey(c.Store.ClusterKey, e)
-	var store *route.Memcached
-	if err == nil {
-		store, err = c.Store.Memcached.store(key, e)
-	}
 	if err != nil {
-		ln.Close()
 		return err
 	}
-	m := metrics.New()
-	fwd := &lb.Forwarder{
-		Store:       store,
-		Self:        []string{c.HTTPProxy.ListenAddress, ln.Addr().String()},
-		TLS:         cs.connectorTLS,
-		DialTimeout: c.HTTPConnector.DialTimeout,
-		ClusterKey:  key,
-		Log:         e.Log.With("component", "forwarder"),
+	store, err := c.Store.Memcached.store(key, e)
+	if err != nil {
+		return err
 	}
-	handler := front.New(c.Limits.frontConfig(c.HTTPLimits, front.Config{Auth: cs.auth, Allow: cs.allow, Dialer: fwd, Metrics: m, ClusterKey: key}), e.Log.With("component", "http-proxy"))
-	hs := front.NewServer(c.HTTPProxy.ListenAddress, handler, cs.serverTLS, e.Log)
-	e.Log.Info("route store", "type", "memcached", "servers", strings.Join(store.Servers(), ","), "cluster_key", c.Store.ClusterKey != "")
-	logListening(e, ln, cs.serverTLS, c.Auth.Type, cs.allow)
-	return runAllBounded(e.Ctx, c.ShutdownTimeout, append(c.Metrics.serve(m, e),
-		func(ctx context.Context) error { return serveHTTP(ctx, hs, ln, handler.Drain, c.ShutdownTimeout) },
-	)...)
+	n := lb.NewNode(lb.NodeConfig{
+		Front:              c.Limits.frontConfig(c.HTTPLimits, front.Config{Auth: cs.auth, Allow: cs.allow}),
+		HTTPAddr:           c.HTTPProxy.ListenAddress,
+		HTTPTLS:            cs.serverTLS,
+		Store:              store,
+		Key:                key,
+		ForwardTLS:         cs.connectorTLS,
+		ForwardDialTimeout: c.HTTPConnector.DialTimeout,
+		MetricsAddr:        c.Metrics.ListenAddress,
+		ShutdownTimeout:    c.ShutdownTimeout,
+	}, e.Log)
+	if err := n.Listen(); err != nil {
+		return listenError(err, map[string]string{"clients": "http-proxy.listen-address", "metrics": "metrics.listen-address"})
+	}
+	logListening(e, n.HTTPAddr(), cs.serverTLS, c.Auth.Type, cs.allow)
+	return runError(n.Run(e.Ctx))
 }

@@ -2,16 +2,13 @@ package cli
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -19,10 +16,9 @@ import (
 	"github.com/reverse-http/reverse-http/internal/allow"
 	"github.com/reverse-http/reverse-http/internal/auth"
 	"github.com/reverse-http/reverse-http/internal/front"
-	"github.com/reverse-http/reverse-http/internal/lb"
-	"github.com/reverse-http/reverse-http/internal/metrics"
 	"github.com/reverse-http/reverse-http/internal/proxy"
 	"github.com/reverse-http/reverse-http/internal/route"
+	"github.com/reverse-http/reverse-http/internal/run"
 	"github.com/reverse-http/reverse-http/internal/tlsconf"
 )
 
@@ -127,21 +123,12 @@ type MetricsConfig struct {
 	ListenAddress string `placeholder:"ADDR" help:"Serve Prometheus /metrics and /healthz on this TCP address (empty = off)."`
 }
 
-// run returns the metrics server as a runAll function, or nil when off.
-func (c MetricsConfig) serve(m *metrics.Metrics, e *Env) []func(context.Context) error {
-	if c.ListenAddress == "" {
-		return nil
-	}
-	return []func(context.Context) error{func(ctx context.Context) error { return m.Serve(ctx, c.ListenAddress, e.Log) }}
-}
-
 // MemcachedConfig is --store.memcached.*.
 type MemcachedConfig struct {
 	Address string        `default:"localhost:11211" help:"Memcached servers, comma-separated: routes are written to all and read from any."`
 	Timeout time.Duration `default:"1s" help:"Memcached dial and I/O timeout, per operation."`
 }
 
-// store opens the route store with the cluster key in keyFile, if any.
 // clusterKey reads --store.cluster-key; without one it warns what is lost.
 func clusterKey(keyFile string, e *Env) ([]byte, error) {
 	if keyFile == "" {
@@ -243,104 +230,74 @@ func (c *ProxyCmd) Run(e *Env) error {
 	if err != nil {
 		return err
 	}
-	m := metrics.New()
-	var (
-		handler *front.Handler
-		routes  *proxy.Routes
-	)
-	srv := proxy.New(c.Limits.proxyConfig(proxy.Config{
-		Metrics:           m,
-		ListenAddr:        c.AgentServer.ListenAddress,
-		TLS:               agentTLS,
-		Auth:              authn,
-		DialTimeout:       c.AgentServer.Agent.DialTimeout,
-		IdleTimeout:       c.AgentServer.IdleTimeout,
-		StatelessResetKey: resetKey,
-		OnAgent: func(id string, up bool) {
-			if !up {
-				handler.Forget(id)
-			}
-			if routes != nil {
-				routes.Notify(id, up)
-			}
-		},
-	}), e.Log.With("component", "agent-server"))
-	if err := srv.Listen(); err != nil {
-		return fmt.Errorf("--agent-server.listen-address: %w", errors.Unwrap(err))
+	cfg := proxy.NodeConfig{
+		Agents: c.Limits.proxyConfig(proxy.Config{
+			ListenAddr:        c.AgentServer.ListenAddress,
+			TLS:               agentTLS,
+			Auth:              authn,
+			DialTimeout:       c.AgentServer.Agent.DialTimeout,
+			IdleTimeout:       c.AgentServer.IdleTimeout,
+			StatelessResetKey: resetKey,
+		}),
+		Front:           c.Limits.frontConfig(c.HTTPLimits, front.Config{Auth: authn, Allow: allowList}),
+		HTTPAddr:        c.HTTPProxy.ListenAddress,
+		HTTPTLS:         proxyTLS,
+		MetricsAddr:     c.Metrics.ListenAddress,
+		ShutdownTimeout: c.ShutdownTimeout,
 	}
-	ln, err := net.Listen("tcp", c.HTTPProxy.ListenAddress)
-	if err != nil {
-		srv.Close()
-		return fmt.Errorf("--http-proxy.listen-address: %w", err)
-	}
-
-	var (
-		dialer   front.Dialer = srv
-		frontKey []byte
-	)
 	if c.Store.Type == "memcached" {
-		self, err := c.selfAddress(ln.Addr())
-		if err != nil {
-			srv.Close()
-			ln.Close()
-			return err
+		if a := c.Store.HTTPProxyAddress; a != "" {
+			if _, _, err := net.SplitHostPort(a); err != nil {
+				return fmt.Errorf("--store.http-proxy-address: %w", err)
+			}
 		}
 		key, err := clusterKey(c.Store.ClusterKey, e)
-		var store *route.Memcached
-		if err == nil {
-			store, err = c.Store.Memcached.store(key, e)
-		}
 		if err != nil {
-			srv.Close()
-			ln.Close()
 			return err
 		}
-		frontKey = key
-		routes = proxy.NewRoutes(proxy.RoutesConfig{
-			Store: store, Addr: self, TTL: c.Store.TTL,
-			ReleaseTimeout: releaseTimeout(c.ShutdownTimeout, c.Store.Memcached.Timeout),
-		}, srv, e.Log.With("component", "routes"))
-		dialer = &lb.Cluster{Local: srv, Forward: &lb.Forwarder{
-			Store: store, Self: []string{self, ln.Addr().String()}, TLS: connectorTLS,
-			DialTimeout: c.AgentServer.Agent.DialTimeout + 5*time.Second,
-			ClusterKey:  key,
-			Log:         e.Log.With("component", "forwarder"),
-		}}
-		e.Log.Info("route store", "type", "memcached", "servers", strings.Join(store.Servers(), ","), "route", self, "ttl", c.Store.TTL.String(),
-			"cluster_key", c.Store.ClusterKey != "")
+		store, err := c.Store.Memcached.store(key, e)
+		if err != nil {
+			return err
+		}
+		cfg.Cluster = &proxy.ClusterConfig{
+			Store: store, Addr: c.Store.HTTPProxyAddress, TTL: c.Store.TTL,
+			ReleaseTimeout:     releaseTimeout(c.ShutdownTimeout, c.Store.Memcached.Timeout),
+			Key:                key,
+			ForwardTLS:         connectorTLS,
+			ForwardDialTimeout: c.AgentServer.Agent.DialTimeout + 5*time.Second,
+		}
 	}
-	handler = front.New(c.Limits.frontConfig(c.HTTPLimits, front.Config{Auth: authn, Allow: allowList, Dialer: dialer, Metrics: m, ClusterKey: frontKey}), e.Log.With("component", "http-proxy"))
+	n := proxy.NewNode(cfg, e.Log)
+	if err := n.Listen(); err != nil {
+		return listenError(err, map[string]string{
+			"agents": "agent-server.listen-address", "clients": "http-proxy.listen-address", "metrics": "metrics.listen-address"})
+	}
 	if selfSigned != "" {
 		e.Log.Warn("no --agent-server.tls.file.cert/key: using a self-signed certificate generated in memory; agents must use --agent-client.tls.insecure-skip-verify",
 			"sha256_fingerprint", selfSigned)
 	}
-	hs := front.NewServer(c.HTTPProxy.ListenAddress, handler, proxyTLS, e.Log)
-	logListening(e, ln, proxyTLS, c.Auth.Type, allowList)
+	logListening(e, n.HTTPAddr(), proxyTLS, c.Auth.Type, allowList)
+	return runError(n.Run(e.Ctx))
+}
 
-	// On shutdown a standalone proxy drains HTTP first (requests and
-	// tunnels get up to --shutdown-timeout), then closes the agent
-	// connections: its agents have nowhere else to go. In a cluster the
-	// agents are closed at once, so they reconnect to another proxy while
-	// this one drains; at the same time the node lease is withdrawn and
-	// the routes still naming this proxy are released (a route its agent
-	// already claimed elsewhere is left alone), all within
-	// --shutdown-timeout counted from the signal.
-	agentCtx, stopAgents := context.WithCancel(context.WithoutCancel(e.Ctx))
-	if routes != nil {
-		agentCtx, stopAgents = context.WithCancel(e.Ctx)
+// listenError names the flag of the listener a role could not bind.
+func listenError(err error, flags map[string]string) error {
+	var le *run.ListenError
+	if errors.As(err, &le) {
+		if flag, ok := flags[le.Part]; ok {
+			return fmt.Errorf("--%s: %w", flag, le.Err)
+		}
 	}
-	defer stopAgents()
-	fns := append(c.Metrics.serve(m, e),
-		func(context.Context) error { return srv.Run(agentCtx) },
-		func(ctx context.Context) error {
-			defer stopAgents()
-			return serveHTTP(ctx, hs, ln, handler.Drain, c.ShutdownTimeout)
-		},
-	)
-	if routes != nil {
-		fns = append(fns, routes.Run)
+	return err
+}
+
+// runError names the flag behind a role's shutdown timeout.
+func runError(err error) error {
+	var te *run.TimeoutError
+	if errors.As(err, &te) {
+		return fmt.Errorf("shutdown did not finish within --shutdown-timeout (%s); exiting anyway", te.Timeout)
 	}
-	return runAllBounded(e.Ctx, c.ShutdownTimeout, fns...)
+	return err
 }
 
 // releaseTimeout is how long releasing routes may take on shutdown: what
@@ -370,29 +327,6 @@ func (c *ProxyCmd) resetKey() (*quic.StatelessResetKey, error) {
 	}
 	key := quic.StatelessResetKey(sha256.Sum256(append([]byte("reverse-http stateless reset key\x00"), data...)))
 	return &key, nil
-}
-
-// selfAddress is the address this proxy registers for its agents.
-func (c *ProxyCmd) selfAddress(bound net.Addr) (string, error) {
-	if a := c.Store.HTTPProxyAddress; a != "" {
-		if _, _, err := net.SplitHostPort(a); err != nil {
-			return "", fmt.Errorf("--store.http-proxy-address: %w", err)
-		}
-		return a, nil
-	}
-	host, port, err := net.SplitHostPort(c.HTTPProxy.ListenAddress)
-	if err != nil {
-		return "", fmt.Errorf("--http-proxy.listen-address: %w", err)
-	}
-	if port == "0" {
-		_, port, _ = net.SplitHostPort(bound.String())
-	}
-	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
-		if host, err = os.Hostname(); err != nil {
-			return "", fmt.Errorf("--store.http-proxy-address: not set, and no host name: %w", err)
-		}
-	}
-	return net.JoinHostPort(host, port), nil
 }
 
 // clientSide is what proxy and lb share: how clients authenticate, where
@@ -431,12 +365,12 @@ func (t HTTPProxyTLS) config(e *Env) (*tls.Config, error) {
 	return conf, nil
 }
 
-func logListening(e *Env, ln net.Listener, tlsConf *tls.Config, authType string, allowList *allow.List) {
+func logListening(e *Env, addr net.Addr, tlsConf *tls.Config, authType string, allowList *allow.List) {
 	scheme := "http"
 	if tlsConf != nil {
 		scheme = "https"
 	}
-	e.Log.Info("http proxy listening", "address", ln.Addr().String(), "scheme", scheme,
+	e.Log.Info("http proxy listening", "address", addr.String(), "scheme", scheme,
 		"auth", authType, "allowlist", allowList.String())
 }
 
@@ -484,70 +418,3 @@ type prefixedError struct {
 
 func (e *prefixedError) Error() string { return e.msg }
 func (e *prefixedError) Unwrap() error { return e.err }
-
-// serveHTTP serves until ctx ends, then shuts down gracefully: requests in
-// flight and, through drain, hijacked connections get up to timeout.
-func serveHTTP(ctx context.Context, hs *http.Server, ln net.Listener, drain func(context.Context), timeout time.Duration) error {
-	errc := make(chan error, 1)
-	go func() { errc <- front.Serve(hs, ln) }()
-	select {
-	case err := <-errc:
-		return fmt.Errorf("http proxy: %w", err)
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	if err := hs.Shutdown(sctx); err != nil {
-		hs.Close()
-	}
-	if drain != nil {
-		drain(sctx)
-	}
-	<-errc
-	return nil
-}
-
-// runAll runs fns until ctx ends or one fails; then it cancels the rest and
-// waits for all of them. It returns the first error.
-func runAll(ctx context.Context, fns ...func(context.Context) error) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var (
-		wg    sync.WaitGroup
-		once  sync.Once
-		first error
-	)
-	for _, fn := range fns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := fn(ctx); err != nil {
-				once.Do(func() { first = err })
-			}
-			cancel()
-		}()
-	}
-	wg.Wait()
-	return first
-}
-
-// runAllBounded is runAll, but once ctx has ended it waits at most timeout
-// (and a second of grace) for fns to return. Past that it gives up with an
-// error, so the process exits even if a part is stuck.
-func runAllBounded(ctx context.Context, timeout time.Duration, fns ...func(context.Context) error) error {
-	done := make(chan error, 1)
-	go func() { done <- runAll(ctx, fns...) }()
-	select {
-	case err := <-done:
-		return err
-	case <-ctx.Done():
-	}
-	t := time.NewTimer(timeout + time.Second)
-	defer t.Stop()
-	select {
-	case err := <-done:
-		return err
-	case <-t.C:
-		return fmt.Errorf("shutdown did not finish within --shutdown-timeout (%s); exiting anyway", timeout)
-	}
-}

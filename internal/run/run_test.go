@@ -1,21 +1,21 @@
-package cli
+package run
 
 import (
 	"context"
-	"strings"
+	"errors"
 	"testing"
 	"time"
 )
 
 // A part that ignores the end of its context does not keep the process
-// from exiting: runAllBounded gives up after the shutdown timeout.
-func TestRunAllBoundedGivesUp(t *testing.T) {
+// from exiting: Bounded gives up after the shutdown timeout.
+func TestBoundedGivesUp(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	stuck := make(chan struct{})
 	defer close(stuck)
 	done := make(chan error, 1)
 	go func() {
-		done <- runAllBounded(ctx, 200*time.Millisecond,
+		done <- Bounded(ctx, 200*time.Millisecond,
 			func(ctx context.Context) error { <-ctx.Done(); return nil },
 			func(context.Context) error { <-stuck; return nil },
 		)
@@ -23,17 +23,18 @@ func TestRunAllBoundedGivesUp(t *testing.T) {
 	cancel()
 	select {
 	case err := <-done:
-		if err == nil || !strings.Contains(err.Error(), "--shutdown-timeout") {
-			t.Fatalf("runAllBounded = %v, want an error naming --shutdown-timeout", err)
+		var te *TimeoutError
+		if !errors.As(err, &te) || te.Timeout != 200*time.Millisecond {
+			t.Fatalf("Bounded = %v, want a *TimeoutError for 200ms", err)
 		}
 	case <-time.After(5 * time.Second):
-		t.Fatal("runAllBounded did not give up")
+		t.Fatal("Bounded did not give up")
 	}
 
 	// Parts that stop in time: no error.
 	ctx, cancel = context.WithCancel(context.Background())
 	cancel()
-	if err := runAllBounded(ctx, time.Second, func(ctx context.Context) error { <-ctx.Done(); return nil }); err != nil {
+	if err := Bounded(ctx, time.Second, func(ctx context.Context) error { <-ctx.Done(); return nil }); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -1,0 +1,127 @@
+package lb
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/reverse-http/reverse-http/internal/front"
+	"github.com/reverse-http/reverse-http/internal/metrics"
+	"github.com/reverse-http/reverse-http/internal/route"
+	"github.com/reverse-http/reverse-http/internal/run"
+)
+
+// NodeConfig is everything an lb node runs with.
+type NodeConfig struct {
+	// Front configures the client front; the Node sets its Dialer,
+	// Metrics and ClusterKey.
+	Front front.Config
+	// HTTPAddr is where clients connect; HTTPTLS, if not nil, makes that
+	// port HTTPS.
+	HTTPAddr string
+	HTTPTLS  *tls.Config
+	Store    *route.Memcached
+	// Key is the cluster key: it signs the tunnels this node forwards.
+	Key []byte
+	// ForwardTLS, if not nil, is used to reach the proxies' HTTP ports;
+	// ForwardDialTimeout bounds a forwarded tunnel's opening.
+	ForwardTLS         *tls.Config
+	ForwardDialTimeout time.Duration
+	// MetricsAddr, if not empty, serves /metrics and /healthz.
+	MetricsAddr string
+	// ShutdownTimeout bounds the stop, counted from the end of Run's
+	// context; zero means 5s.
+	ShutdownTimeout time.Duration
+}
+
+// Node is the lb role: the client front, forwarding every tunnel to the
+// proxy that holds its agent, plus the metrics server. Run owns them.
+type Node struct {
+	cfg     NodeConfig
+	log     *slog.Logger
+	metrics *metrics.Metrics
+	front   *front.Handler
+	hs      *http.Server
+	ln      net.Listener
+	metLn   net.Listener
+}
+
+// NewNode makes an lb node; Listen binds it and Run runs it.
+func NewNode(cfg NodeConfig, log *slog.Logger) *Node {
+	if cfg.ShutdownTimeout <= 0 {
+		cfg.ShutdownTimeout = 5 * time.Second
+	}
+	return &Node{cfg: cfg, log: log, metrics: metrics.New()}
+}
+
+// Listen binds the client and metrics listeners. An error is a
+// *run.ListenError naming the listener ("clients", "metrics"), and
+// nothing stays bound.
+func (n *Node) Listen() (err error) {
+	if n.ln, err = net.Listen("tcp", n.cfg.HTTPAddr); err != nil {
+		return &run.ListenError{Part: "clients", Err: err}
+	}
+	defer func() {
+		if err != nil {
+			n.ln.Close()
+		}
+	}()
+	fcfg := n.cfg.Front
+	fcfg.Metrics = n.metrics
+	fcfg.ClusterKey = n.cfg.Key
+	fcfg.Dialer = &Forwarder{
+		Store:       n.cfg.Store,
+		Self:        []string{n.cfg.HTTPAddr, n.ln.Addr().String()},
+		TLS:         n.cfg.ForwardTLS,
+		DialTimeout: n.cfg.ForwardDialTimeout,
+		ClusterKey:  n.cfg.Key,
+		Log:         n.log.With("component", "forwarder"),
+	}
+	n.front = front.New(fcfg, n.log.With("component", "http-proxy"))
+	n.hs = front.NewServer(n.cfg.HTTPAddr, n.front, n.cfg.HTTPTLS, n.log)
+	if n.cfg.MetricsAddr != "" {
+		if n.metLn, err = metrics.Listen(n.cfg.MetricsAddr); err != nil {
+			return &run.ListenError{Part: "metrics", Err: errors.Unwrap(err)}
+		}
+	}
+	n.log.Info("route store", "type", "memcached", "servers", strings.Join(n.cfg.Store.Servers(), ","), "cluster_key", len(n.cfg.Key) > 0)
+	return nil
+}
+
+// HTTPAddr is the bound client listener's address; Listen must have
+// succeeded.
+func (n *Node) HTTPAddr() net.Addr { return n.ln.Addr() }
+
+// Run binds the listeners if Listen has not, and serves until ctx ends.
+// Then it stops accepting clients and lets requests and tunnels finish for
+// up to ShutdownTimeout; those left are closed. It returns once every
+// goroutine it started has ended, or with a *run.TimeoutError if a part
+// did not stop in time.
+func (n *Node) Run(ctx context.Context) error {
+	if n.ln == nil {
+		if err := n.Listen(); err != nil {
+			return err
+		}
+	}
+	parts := []func(context.Context) error{
+		func(ctx context.Context) error {
+			if err := front.Run(ctx, n.hs, n.ln, n.cfg.ShutdownTimeout); err != nil {
+				return fmt.Errorf("http proxy: %w", err)
+			}
+			return nil
+		},
+	}
+	if n.metLn != nil {
+		parts = append(parts, func(ctx context.Context) error { return n.metrics.ServeListener(ctx, n.metLn, n.log) })
+	}
+	return run.Bounded(ctx, n.cfg.ShutdownTimeout, parts...)
+}
+
+// Front is the node's client front; Listen must have succeeded.
+func (n *Node) Front() *front.Handler { return n.front }

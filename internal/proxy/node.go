@@ -1,0 +1,220 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/reverse-http/reverse-http/internal/front"
+	"github.com/reverse-http/reverse-http/internal/lb"
+	"github.com/reverse-http/reverse-http/internal/metrics"
+	"github.com/reverse-http/reverse-http/internal/route"
+	"github.com/reverse-http/reverse-http/internal/run"
+)
+
+// NodeConfig is everything a proxy node runs with.
+type NodeConfig struct {
+	// Agents configures the agent server; the Node sets its OnAgent and
+	// Metrics.
+	Agents Config
+	// Front configures the client front; the Node sets its Dialer,
+	// Metrics and ClusterKey.
+	Front front.Config
+	// HTTPAddr is where clients connect; HTTPTLS, if not nil, makes that
+	// port HTTPS.
+	HTTPAddr string
+	HTTPTLS  *tls.Config
+	// Cluster, if not nil, publishes routes to this proxy's agents and
+	// forwards clients of agents held elsewhere.
+	Cluster *ClusterConfig
+	// MetricsAddr, if not empty, serves /metrics and /healthz.
+	MetricsAddr string
+	// ShutdownTimeout bounds the whole stop, counted from the end of
+	// Run's context; zero means 5s.
+	ShutdownTimeout time.Duration
+}
+
+// ClusterConfig is a proxy's part in an HA cluster.
+type ClusterConfig struct {
+	Store *route.Memcached
+	// Addr is the address routes name for this proxy's agents; empty
+	// means the HTTP listener's port on this host's name (see SelfAddress).
+	Addr string
+	TTL  time.Duration
+	// ReleaseTimeout bounds releasing the routes on shutdown.
+	ReleaseTimeout time.Duration
+	// Key is the cluster key: it signs forwarded tunnels and verifies
+	// those forwarded here. Store holds the same key for node leases.
+	Key []byte
+	// ForwardTLS, if not nil, is used to reach other proxies' HTTP ports;
+	// ForwardDialTimeout bounds a forwarded tunnel's opening.
+	ForwardTLS         *tls.Config
+	ForwardDialTimeout time.Duration
+}
+
+// Node is the proxy role: the agent server, the client front and, in a
+// cluster, the route publisher, plus the metrics server. Run starts them
+// and stops them in order.
+type Node struct {
+	cfg NodeConfig
+	log *slog.Logger
+
+	metrics *metrics.Metrics
+	agents  *Server
+	front   *front.Handler
+	hs      *http.Server
+	ln      net.Listener // clients
+	metLn   net.Listener // nil without MetricsAddr
+	routes  *Routes      // nil without a cluster
+}
+
+// NewNode makes a proxy node; Listen binds it and Run runs it.
+func NewNode(cfg NodeConfig, log *slog.Logger) *Node {
+	if cfg.ShutdownTimeout <= 0 {
+		cfg.ShutdownTimeout = 5 * time.Second
+	}
+	return &Node{cfg: cfg, log: log, metrics: metrics.New()}
+}
+
+// Listen binds the agent, client and metrics listeners. An error is a
+// *run.ListenError naming the listener ("agents", "clients", "metrics"),
+// and nothing stays bound.
+func (n *Node) Listen() (err error) {
+	acfg := n.cfg.Agents
+	acfg.Metrics = n.metrics
+	acfg.OnAgent = func(id string, up bool) {
+		if !up {
+			n.front.Forget(id)
+		}
+		if n.routes != nil {
+			n.routes.Notify(id, up)
+		}
+	}
+	n.agents = New(acfg, n.log.With("component", "agent-server"))
+	if err := n.agents.Listen(); err != nil {
+		return &run.ListenError{Part: "agents", Err: errors.Unwrap(err)}
+	}
+	defer func() {
+		if err != nil {
+			n.agents.Close()
+		}
+	}()
+	if n.ln, err = net.Listen("tcp", n.cfg.HTTPAddr); err != nil {
+		return &run.ListenError{Part: "clients", Err: err}
+	}
+	defer func() {
+		if err != nil {
+			n.ln.Close()
+		}
+	}()
+
+	fcfg := n.cfg.Front
+	fcfg.Metrics = n.metrics
+	fcfg.Dialer = n.agents
+	if c := n.cfg.Cluster; c != nil {
+		self := c.Addr
+		if self == "" {
+			if self, err = SelfAddress(n.cfg.HTTPAddr, n.ln.Addr()); err != nil {
+				return err
+			}
+		}
+		n.routes = NewRoutes(RoutesConfig{Store: c.Store, Addr: self, TTL: c.TTL, ReleaseTimeout: c.ReleaseTimeout},
+			n.agents, n.log.With("component", "routes"))
+		fcfg.ClusterKey = c.Key
+		fcfg.Dialer = &lb.Cluster{Local: n.agents, Forward: &lb.Forwarder{
+			Store: c.Store, Self: []string{self, n.ln.Addr().String()}, TLS: c.ForwardTLS,
+			DialTimeout: c.ForwardDialTimeout, ClusterKey: c.Key,
+			Log: n.log.With("component", "forwarder"),
+		}}
+		n.log.Info("route store", "type", "memcached", "servers", strings.Join(c.Store.Servers(), ","), "route", self,
+			"ttl", c.TTL.String(), "cluster_key", len(c.Key) > 0)
+	}
+	n.front = front.New(fcfg, n.log.With("component", "http-proxy"))
+	n.hs = front.NewServer(n.cfg.HTTPAddr, n.front, n.cfg.HTTPTLS, n.log)
+	if n.cfg.MetricsAddr != "" {
+		if n.metLn, err = metrics.Listen(n.cfg.MetricsAddr); err != nil {
+			return &run.ListenError{Part: "metrics", Err: errors.Unwrap(err)}
+		}
+	}
+	return nil
+}
+
+// HTTPAddr is the bound client listener's address; AgentAddr the agent
+// server's. Listen must have succeeded.
+func (n *Node) HTTPAddr() net.Addr  { return n.ln.Addr() }
+func (n *Node) AgentAddr() net.Addr { return n.agents.Addr() }
+
+// Run binds the listeners if Listen has not, and serves until ctx ends.
+// Then it stops, within ShutdownTimeout counted from the end of ctx:
+//
+//   - Standalone, the client front drains first (requests and tunnels get
+//     the whole timeout; those left at the deadline are closed), then the
+//     agent connections are closed: the agents have nowhere else to go.
+//   - In a cluster the agent connections are closed at once, so the agents
+//     reconnect to another proxy while this one drains its clients; at the
+//     same time the node lease is withdrawn and the routes still naming
+//     this proxy are released.
+//
+// It returns once every goroutine it started has ended, or with a
+// *run.TimeoutError if a part did not stop in time.
+func (n *Node) Run(ctx context.Context) error {
+	if n.ln == nil {
+		if err := n.Listen(); err != nil {
+			return err
+		}
+	}
+	agentCtx, stopAgents := context.WithCancel(context.WithoutCancel(ctx))
+	if n.routes != nil {
+		agentCtx, stopAgents = context.WithCancel(ctx)
+	}
+	defer stopAgents()
+	parts := []func(context.Context) error{
+		func(context.Context) error { return n.agents.Run(agentCtx) },
+		func(ctx context.Context) error {
+			defer stopAgents()
+			if err := front.Run(ctx, n.hs, n.ln, n.cfg.ShutdownTimeout); err != nil {
+				return fmt.Errorf("http proxy: %w", err)
+			}
+			return nil
+		},
+	}
+	if n.routes != nil {
+		parts = append(parts, n.routes.Run)
+	}
+	if n.metLn != nil {
+		parts = append(parts, func(ctx context.Context) error { return n.metrics.ServeListener(ctx, n.metLn, n.log) })
+	}
+	return run.Bounded(ctx, n.cfg.ShutdownTimeout, parts...)
+}
+
+// SelfAddress is the address a proxy whose client listener was asked for
+// listen and bound at bound registers for its agents: listen's host (this
+// host's name if it is empty or unspecified) and bound's port if listen's
+// is 0.
+func SelfAddress(listen string, bound net.Addr) (string, error) {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return "", err
+	}
+	if port == "0" {
+		_, port, _ = net.SplitHostPort(bound.String())
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		if host, err = os.Hostname(); err != nil {
+			return "", fmt.Errorf("no route address given, and no host name: %w", err)
+		}
+	}
+	return net.JoinHostPort(host, port), nil
+}
+
+// Agents is the node's agent server; Front its client front. Listen must
+// have succeeded.
+func (n *Node) Agents() *Server        { return n.agents }
+func (n *Node) Front() *front.Handler { return n.front }
