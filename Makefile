@@ -54,7 +54,7 @@ soak: ## Run the HA soak test (e2e TestSoak) for SOAK_DURATION (10m); CI runs 2m
 	  set -x; SOAK_DURATION=$$d go test -count=1 -v -run '^TestSoak$$' -timeout $$(( s + 900 ))s ./e2e
 
 bench: ## Run the benchmark suite (see docs/benchmarks.md)
-	go run ./cmd/rh-bench $(BENCHFLAGS)
+	go run ./bench $(BENCHFLAGS)
 
 clean: ## Remove build output and the quickstart's files
 	rm -rf bin .run

@@ -4,9 +4,9 @@
 // measures with baselines measured in the same run: a direct TCP connection
 // to the origin and a raw quic-go connection between two helper processes.
 //
-//	go run ./cmd/rh-bench                      # everything, full size
-//	go run ./cmd/rh-bench -quick               # every size shrunk ~10x
-//	go run ./cmd/rh-bench -only=baseline,throughput -runs=5 -json=out.json
+//	go run ./bench                      # everything, full size
+//	go run ./bench -quick               # every size shrunk ~10x
+//	go run ./bench -only=baseline,throughput -runs=5 -json=out.json
 //
 // Every figure is the median of -runs runs, with their min and max. Every
 // run starts fresh proxy and agent processes. Each phase is bounded by
@@ -178,7 +178,7 @@ func parseFlags(args []string) (config, error) {
 	fs := flag.NewFlagSet("rh-bench", flag.ContinueOnError)
 	fs.SetOutput(os.Stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: go run ./cmd/rh-bench [flags]\n\nPhases: %s\n\nFlags:\n", strings.Join(phaseNames(), ", "))
+		fmt.Fprintf(fs.Output(), "Usage: go run ./bench [flags]\n\nPhases: %s\n\nFlags:\n", strings.Join(phaseNames(), ", "))
 		fs.PrintDefaults()
 	}
 	fs.IntVar(&cfg.Runs, "runs", 3, "runs of each phase; figures are the median (with min and max)")
