@@ -216,5 +216,5 @@ func SelfAddress(listen string, bound net.Addr) (string, error) {
 
 // Agents is the node's agent server; Front its client front. Listen must
 // have succeeded.
-func (n *Node) Agents() *Server        { return n.agents }
+func (n *Node) Agents() *Server       { return n.agents }
 func (n *Node) Front() *front.Handler { return n.front }
