@@ -72,7 +72,7 @@ func TestAgentSecretsNotServed(t *testing.T) {
 		checkRefusal(t, r, raw, http.StatusForbidden)
 	}
 
-	if n := a.count("--auth.jwt.token is given inline on the command line, where other local users can read it in the process list; --auth.jwt.token=file:PATH is safer"); n != 1 {
+	if n := a.count("--auth.jwt.token is given inline on the command line, where other local users can read it in the process list; $REVERSE_HTTP_AUTH_JWT_TOKEN is better, --auth.jwt.token=file:PATH is safest"); n != 1 {
 		t.Errorf("inline token warning logged %d times, want 1", n)
 	}
 	for _, proc := range []*process{a, p.process} {

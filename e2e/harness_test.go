@@ -107,9 +107,15 @@ type process struct {
 // when the test ends, and must then exit cleanly.
 func startProcess(t testing.TB, name string, args ...string) *process {
 	t.Helper()
+	return startProcessEnv(t, name, nil, args...)
+}
+
+// startProcessEnv is startProcess with env (NAME=value) added to childEnv.
+func startProcessEnv(t testing.TB, name string, env []string, args ...string) *process {
+	t.Helper()
 	p := &process{name: name, log: &logBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(binPath, args...)
-	p.cmd.Env = childEnv()
+	p.cmd.Env = append(childEnv(), env...)
 	p.cmd.Stdout = p.log
 	p.cmd.Stderr = p.log
 	p.cmd.SysProcAttr = childSysProcAttr()

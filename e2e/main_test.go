@@ -126,8 +126,8 @@ func raiseFileLimit(want uint64) uint64 {
 }
 
 // childEnv is the environment of every child process: this one's, with
-// HOME pointing at an empty directory, and no LOG_* or *_PROXY variables
-// that would change what the processes or curl do.
+// HOME pointing at an empty directory, and no LOG_*, REVERSE_HTTP_* or
+// *_PROXY variables that would change what the processes or curl do.
 func childEnv() []string {
 	var env []string
 	for _, kv := range os.Environ() {
@@ -135,6 +135,9 @@ func childEnv() []string {
 		switch strings.ToUpper(name) {
 		case "HOME", "LOG_FORMAT", "LOG_LEVEL", helperEnv,
 			"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY":
+			continue
+		}
+		if strings.HasPrefix(strings.ToUpper(name), "REVERSE_HTTP_") {
 			continue
 		}
 		env = append(env, kv)

@@ -79,7 +79,7 @@ func (c *AgentCmd) Run(e *Env) error {
 			return fmt.Errorf("--auth.jwt.token: %w", err)
 		}
 		if inlineFlag(e.Args, "auth.jwt.token") {
-			e.Log.Warn("--auth.jwt.token is given inline on the command line, where other local users can read it in the process list; --auth.jwt.token=file:PATH is safer")
+			e.Log.Warn("--auth.jwt.token is given inline on the command line, where other local users can read it in the process list; $REVERSE_HTTP_AUTH_JWT_TOKEN is better, --auth.jwt.token=file:PATH is safest")
 		}
 		credential = func() (string, error) { return auth.TokenSource(src) }
 	default:

@@ -65,7 +65,7 @@ func TestAgentIDUnselectable(t *testing.T) {
 func TestInlineTokenWarning(t *testing.T) {
 	isolate(t)
 	f := newFiles(t)
-	const warning = "--auth.jwt.token is given inline on the command line, where other local users can read it in the process list; --auth.jwt.token=file:PATH is safer"
+	const warning = "--auth.jwt.token is given inline on the command line, where other local users can read it in the process list; $REVERSE_HTTP_AUTH_JWT_TOKEN is better, --auth.jwt.token=file:PATH is safest"
 	for _, tc := range []struct {
 		name string
 		args []string

@@ -27,8 +27,8 @@ var (
 // CLI is the whole command line.
 type CLI struct {
 	Log         LogConfig   `embed:"" prefix:"log."`
-	Config      string      `placeholder:"FILE" help:"Read settings from this JSON or YAML file too (after /etc/reverse-http/config.{json,yaml} and ~/.reverse-http.{json,yaml}); flags override files."`
-	VersionJSON versionFlag `name:"version-json" short:"V" help:"Print version information as JSON and exit."`
+	Config      string      `placeholder:"FILE" help:"Read settings from this JSON or YAML file too (after /etc/reverse-http/config.{json,yaml} and ~/.reverse-http.{json,yaml}); flags and environment variables override files."`
+	VersionJSON versionFlag `name:"version-json" short:"V" env:"-" help:"Print version information as JSON and exit."`
 
 	Agent   AgentCmd   `cmd:"" name:"agent" help:"Start an agent."`
 	Proxy   ProxyCmd   `cmd:"" name:"proxy" help:"Start a proxy server."`
@@ -38,10 +38,12 @@ type CLI struct {
 	Version VersionCmd `cmd:"" name:"version" help:"Print the version."`
 }
 
-// LogConfig is the reference's --log.* flags.
+// LogConfig is the reference's --log.* flags. Besides REVERSE_HTTP_LOG_*,
+// they keep the reference's variables LOG_FORMAT and LOG_LEVEL, which lose
+// when both are set.
 type LogConfig struct {
-	Format string `env:"LOG_FORMAT" enum:"json,text" default:"text" help:"Log format. One of: [json, text]."`
-	Level  string `env:"LOG_LEVEL" enum:"trace,debug,info,warn,error" default:"info" help:"Log level. One of: [trace, debug, info, warn, error]."`
+	Format string `env:"REVERSE_HTTP_LOG_FORMAT,LOG_FORMAT" enum:"json,text" default:"text" help:"Log format. One of: [json, text]."`
+	Level  string `env:"REVERSE_HTTP_LOG_LEVEL,LOG_LEVEL" enum:"trace,debug,info,warn,error" default:"info" help:"Log level. One of: [trace, debug, info, warn, error]."`
 }
 
 // LevelTrace is below slog.LevelDebug, as in the reference.
@@ -123,16 +125,18 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 			panic(exitPanic{})
 		}),
 	}
-	if path, ok, err := explicitConfig(args); err != nil {
-		fmt.Fprintf(stderr, "reverse-http: error: --config: %v\n", err)
+	if path, source, err := explicitConfig(args); err != nil {
+		fmt.Fprintf(stderr, "reverse-http: error: %s: %v\n", source, err)
 		return 2
-	} else if ok {
+	} else if path != "" {
 		loader := kongyaml.Loader
 		if strings.EqualFold(filepath.Ext(path), ".json") {
 			loader = kong.JSON
 		}
 		opts = append(opts, kong.Configuration(loader, path))
 	}
+	// After the configuration files: the environment overrides them.
+	opts = append(opts, envOptions()...)
 	code, done := func() (code int, done bool) {
 		defer func() {
 			if r := recover(); r != nil {
@@ -148,6 +152,10 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 			return 2, true
 		}
 		kctx, err := parser.Parse(args)
+		if e, ok := asEnvError(err); ok {
+			fmt.Fprintf(stderr, "reverse-http: error: %s\n", oneLine(e))
+			return 2, true
+		}
 		if err != nil {
 			fmt.Fprintf(stderr, "reverse-http: error: %s (see --help)\n", oneLine(err))
 			return 2, true
@@ -184,9 +192,25 @@ func homePath(name string) string {
 	return filepath.Join(home, name)
 }
 
-// explicitConfig finds --config FILE or --config=FILE in args and checks
-// that the file is readable, since kong silently skips missing files.
-func explicitConfig(args []string) (string, bool, error) {
+// explicitConfig finds --config FILE or --config=FILE in args, or else
+// $REVERSE_HTTP_CONFIG, and checks that the file is readable, since kong
+// silently skips missing files. source is where the path came from, for
+// errors; path is "" when there is none.
+func explicitConfig(args []string) (path, source string, err error) {
+	path, err = configArg(args)
+	if path != "" || err != nil {
+		return path, "--config", err
+	}
+	source = EnvName("config")
+	if path = os.Getenv(source); path == "" {
+		return "", source, nil
+	}
+	path, err = readablePath(path)
+	return path, source, err
+}
+
+// configArg finds --config FILE or --config=FILE in args.
+func configArg(args []string) (string, error) {
 	for i, a := range args {
 		if a == "--" {
 			break
@@ -200,15 +224,20 @@ func explicitConfig(args []string) (string, bool, error) {
 		default:
 			continue
 		}
-		if rest, ok := strings.CutPrefix(path, "~/"); ok {
-			path = homePath(rest)
-		}
-		f, err := os.Open(path)
-		if err != nil {
-			return "", false, err
-		}
-		f.Close()
-		return path, true, nil
+		return readablePath(path)
 	}
-	return "", false, nil
+	return "", nil
+}
+
+// readablePath expands a leading "~/" and checks that path can be opened.
+func readablePath(path string) (string, error) {
+	if rest, ok := strings.CutPrefix(path, "~/"); ok {
+		path = homePath(rest)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	f.Close()
+	return path, nil
 }

@@ -27,9 +27,9 @@ import (
 // machine; a passing test never waits this long.
 const waitTimeout = 20 * time.Second
 
-// isolate gives the test an empty $HOME, no $LOG_LEVEL/$LOG_FORMAT, and an
-// empty working directory (commands default to files in it). It returns the
-// working directory.
+// isolate gives the test an empty $HOME, no $LOG_LEVEL/$LOG_FORMAT or
+// $REVERSE_HTTP_* variables, and an empty working directory (commands
+// default to files in it). It returns the working directory.
 //
 // An empty $HOME does not keep the config files of the user running the tests
 // out: kong.ExpandPath finds "~" with user.Current() (the passwd entry), not
@@ -45,6 +45,11 @@ func isolate(t testing.TB) string {
 	t.Setenv("HOME", t.TempDir())
 	unsetenv(t, "LOG_LEVEL")
 	unsetenv(t, "LOG_FORMAT")
+	for _, kv := range os.Environ() {
+		if name, _, _ := strings.Cut(kv, "="); strings.HasPrefix(name, cli.EnvPrefix) {
+			unsetenv(t, name)
+		}
+	}
 	dir := t.TempDir()
 	t.Chdir(dir)
 	return dir
