@@ -78,6 +78,8 @@ type ProxyCmd struct {
 		TLS           struct {
 			Refresh time.Duration  `default:"0s" help:"Re-read the certificate files at this interval (0 = never)."`
 			File    TLSServerFiles `embed:"" prefix:"file."`
+			// AgentIDFromCert binds agent IDs to client certificates.
+			AgentIDFromCert string `name:"agent-id-from-cert" enum:",cn,san" default:"" placeholder:"cn|san" help:"Refuse an agent whose ID is not its client certificate's CN (cn) or one of its DNS SANs or urn:reverse-http:agent:<ID> URI SANs (san); needs --agent-server.tls.file.client-ca. One of: [cn, san]; empty: off."`
 		} `embed:"" prefix:"tls."`
 		Agent struct {
 			DialTimeout time.Duration `default:"10s" help:"How long opening a tunnel through an agent may take, including the agent's dial of the destination."`
@@ -221,6 +223,12 @@ func (c *ProxyCmd) Run(e *Env) error {
 		return err
 	}
 	authn, allowList, proxyTLS, connectorTLS := cs.auth, cs.allow, cs.serverTLS, cs.connectorTLS
+	if c.AgentServer.TLS.AgentIDFromCert != "" && c.AgentServer.TLS.File.ClientCA == "" {
+		return errors.New("--agent-server.tls.agent-id-from-cert needs --agent-server.tls.file.client-ca: without client certificates there is nothing to match the agent ID against")
+	}
+	if mode := c.AgentServer.TLS.AgentIDFromCert; mode != "" {
+		e.Log.Info("agent IDs are bound to client certificates: an agent whose certificate does not name its ID is refused", "agent_id_from_cert", mode)
+	}
 	agentTLS, selfSigned, err := c.agentTLS(e)
 	if err != nil {
 		return err
@@ -238,6 +246,7 @@ func (c *ProxyCmd) Run(e *Env) error {
 			DialTimeout:       c.AgentServer.Agent.DialTimeout,
 			IdleTimeout:       c.AgentServer.IdleTimeout,
 			StatelessResetKey: resetKey,
+			AgentIDFromCert:   c.AgentServer.TLS.AgentIDFromCert,
 		}),
 		Front:           c.Limits.frontConfig(c.HTTPLimits, front.Config{Auth: authn, Allow: allowList}),
 		HTTPAddr:        c.HTTPProxy.ListenAddress,

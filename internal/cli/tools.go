@@ -3,6 +3,7 @@ package cli
 import (
 	"crypto"
 	"fmt"
+	"path/filepath"
 	"time"
 
 	"github.com/reverse-http/reverse-http/internal/auth"
@@ -95,22 +96,45 @@ func (c *AuthJWTTokenCmd) Run(e *Env) error {
 
 // CertsCmd is `reverse-http certs`.
 type CertsCmd struct {
-	Dir   string   `default:"certs" placeholder:"DIR" help:"Directory to write ca.pem, proxy.pem, proxy-key.pem, agent.pem, agent-key.pem into."`
-	Host  []string `default:"localhost,127.0.0.1,::1" help:"Names and addresses the proxy certificate is valid for."`
-	Force bool     `help:"Overwrite existing files."`
+	Dir     string   `default:"certs" placeholder:"DIR" help:"Directory to write ca.pem, proxy.pem, proxy-key.pem, agent.pem, agent-key.pem into."`
+	Host    []string `default:"localhost,127.0.0.1,::1" help:"Names and addresses the proxy certificate is valid for."`
+	AgentID []string `name:"agent-id" sep:"none" placeholder:"ID" help:"Also write agent-ID.pem and agent-ID-key.pem, a client certificate for this agent ID (CN ID, URI SAN urn:reverse-http:agent:ID) for --agent-server.tls.agent-id-from-cert. Repeat for more agents."`
+	Force   bool     `help:"Overwrite existing files."`
 }
 
 func (c *CertsCmd) Run(e *Env) error {
+	// Check every ID before writing anything.
+	for _, id := range c.AgentID {
+		if err := auth.CheckAgentID(id); err != nil {
+			return fmt.Errorf("--agent-id %q: %w", id, err)
+		}
+		if _, _, err := tlsconf.AgentCertFiles(id); err != nil {
+			return fmt.Errorf("--agent-id %q: %w", id, err)
+		}
+	}
 	files, err := tlsconf.WriteLocalPKI(c.Dir, c.Host, c.Force)
 	if err != nil {
 		return err
 	}
 	if len(files) == 0 {
 		fmt.Fprintf(e.Stdout, "%s: certificates exist and verify; kept them (use --force to replace)\n", c.Dir)
-		return nil
 	}
 	for _, f := range files {
 		fmt.Fprintln(e.Stdout, "wrote", f)
+	}
+	for _, id := range c.AgentID {
+		// A new CA invalidates the agent certificates of the old one.
+		written, err := tlsconf.WriteAgentCert(c.Dir, id, c.Force || len(files) > 0)
+		if err != nil {
+			return fmt.Errorf("--agent-id %q: %w", id, err)
+		}
+		if len(written) == 0 {
+			cert, _, _ := tlsconf.AgentCertFiles(id)
+			fmt.Fprintf(e.Stdout, "%s: exists and verifies for agent %s; kept it (use --force to replace)\n", filepath.Join(c.Dir, cert), id)
+		}
+		for _, f := range written {
+			fmt.Fprintln(e.Stdout, "wrote", f)
+		}
 	}
 	return nil
 }

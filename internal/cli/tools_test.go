@@ -2,8 +2,10 @@ package cli_test
 
 import (
 	"bytes"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"os"
 	"path/filepath"
 	"slices"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/reverse-http/reverse-http/internal/auth"
 	"github.com/reverse-http/reverse-http/internal/cli"
+	"github.com/reverse-http/reverse-http/internal/tlsconf"
 )
 
 // TestVersion: -V prints the build as JSON, like the reference, and exits
@@ -289,5 +292,67 @@ func TestCerts(t *testing.T) {
 	pr.waitFor(proxyReady)
 	if code := pr.stop(); code != 0 {
 		t.Fatalf("proxy with the certs exited %d; stderr:\n%s", code, pr.stderr)
+	}
+}
+
+// TestCertsAgentID: `certs --agent-id ID` (repeatable) also writes
+// agent-ID.pem and agent-ID-key.pem, a client certificate naming ID in its
+// CN and URI SAN; a second run keeps them; a new CA reissues them; an ID
+// that is not a valid agent ID or file name part is refused before
+// anything is written.
+func TestCertsAgentID(t *testing.T) {
+	dir := filepath.Join(isolate(t), "pki")
+	ids := []string{"edge,1", "site 7"} // one flag per ID: commas are no separator
+	args := []string{"certs", "--dir", dir}
+	for _, id := range ids {
+		args = append(args, "--agent-id", id)
+	}
+	r := mustRun(t, args...)
+	first := map[string][]byte{}
+	for _, id := range ids {
+		for _, n := range []string{"agent-" + id + ".pem", "agent-" + id + "-key.pem"} {
+			p := filepath.Join(dir, n)
+			if !strings.Contains(r.stdout, "wrote "+p) {
+				t.Errorf("stdout does not mention %s:\n%s", p, r.stdout)
+			}
+			data, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			first[n] = data
+		}
+		block, _ := pem.Decode(first["agent-"+id+".pem"])
+		if block == nil {
+			t.Fatalf("agent-%s.pem: no PEM", id)
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Subject.CommonName != id || len(c.URIs) != 1 || c.URIs[0].String() != tlsconf.AgentURI(id).String() {
+			t.Errorf("agent-%s.pem: CN %q, URIs %v", id, c.Subject.CommonName, c.URIs)
+		}
+	}
+
+	r = mustRun(t, args...)
+	if !strings.Contains(r.stdout, "kept") || strings.Contains(r.stdout, "wrote") {
+		t.Errorf("second run printed %q, want that it kept the files", r.stdout)
+	}
+	mustRun(t, append(args, "--force")...)
+	for n, data := range first {
+		if now, _ := os.ReadFile(filepath.Join(dir, n)); bytes.Equal(now, data) {
+			t.Errorf("--force kept %s", n)
+		}
+	}
+
+	for _, bad := range []string{"a/b", "a:b", "", "x-key", "a\nb"} {
+		empty := filepath.Join(t.TempDir(), "pki")
+		r := runCmd(t, "", waitTimeout, "certs", "--dir", empty, "--agent-id", bad)
+		if r.code == 0 || !strings.Contains(r.stderr, "--agent-id") {
+			t.Errorf("--agent-id %q: exit %d, stderr %q; want an error naming --agent-id", bad, r.code, r.stderr)
+		}
+		if _, err := os.Stat(empty); err == nil {
+			t.Errorf("--agent-id %q: wrote %s before refusing", bad, empty)
+		}
 	}
 }

@@ -42,7 +42,7 @@ func New() *Metrics {
 			Name: "reverse_http_agents_connected", Help: "Agents connected to this proxy, or 1 if this agent is connected.",
 		}),
 		AgentSessions: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "reverse_http_agent_sessions_total", Help: "Agent connections by how they ended or began: ok, auth_failed, replaced, duplicate (refused with 0x104: the ID is in use by a live agent), over_limit (--limits.agents), rate_limited (--limits.agent-handshakes-per-second).",
+			Name: "reverse_http_agent_sessions_total", Help: "Agent connections by how they ended or began: ok, auth_failed (credential refused, or agent ID not named by its client certificate), replaced, duplicate (refused with 0x104: the ID is in use by a live agent), over_limit (--limits.agents), rate_limited (--limits.agent-handshakes-per-second).",
 		}, []string{"result"}),
 		TunnelsActive: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "reverse_http_tunnels_active", Help: "Tunnels open now.",

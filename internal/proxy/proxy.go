@@ -50,6 +50,12 @@ type Config struct {
 	OnAgent func(agentID string, up bool)
 	// Metrics, if not nil, records agent sessions.
 	Metrics *metrics.Metrics
+	// AgentIDFromCert, if set, binds agent IDs to client certificates (TLS
+	// must require and verify them): an agent whose authenticated ID its
+	// certificate does not name is refused with wire.CodeAuthFailed.
+	// AgentIDFromCN compares the subject CN, AgentIDFromSAN the DNS SANs
+	// and the URI SANs tlsconf.AgentURI makes. Empty means no binding.
+	AgentIDFromCert string
 
 	// MaxAgents is how many agents may be connected at once. Past it, a
 	// new agent is closed with wire.CodeTooManyAgents once it has
@@ -244,6 +250,14 @@ func (s *Server) serve(ctx context.Context, conn *quic.Conn) {
 		s.refuseAgent(conn, id, err)
 		return
 	}
+	var mismatch *certMismatchError
+	if errors.As(err, &mismatch) {
+		s.log.Warn("agent refused: its ID does not match its client certificate",
+			"agent", id, "remote", remote, "reason", mismatch.msg, "agent_id_from_cert", s.cfg.AgentIDFromCert)
+		conn.CloseWithError(wire.CodeAuthFailed, truncate(mismatch.msg, 600))
+		s.cfg.Metrics.Session("auth_failed")
+		return
+	}
 	if err != nil {
 		s.log.Warn("agent authentication failed", "remote", remote, "error", err)
 		code := wire.CodeAuthFailed
@@ -419,6 +433,11 @@ func (s *Server) authenticate(ctx context.Context, conn *quic.Conn) (string, err
 	}
 	if id == "" {
 		return "", errEmptyID
+	}
+	if s.cfg.AgentIDFromCert != "" {
+		if err := checkCertBinding(s.cfg.AgentIDFromCert, conn.ConnectionState().TLS, id); err != nil {
+			return id, err
+		}
 	}
 	s.mu.RLock()
 	err = s.admit(id)

@@ -120,11 +120,16 @@ func NewCA(commonName string) (*CA, error) {
 // ExtKeyUsageClientAuth instead of ExtKeyUsageServerAuth. hosts become SANs:
 // IP addresses as IP SANs, anything else as DNS names.
 func (ca *CA) Issue(commonName string, hosts []string, client bool) (certPEM, keyPEM []byte, err error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl, err := leafTemplate(commonName, hosts, client, time.Now())
 	if err != nil {
 		return nil, nil, err
 	}
-	tmpl, err := leafTemplate(commonName, hosts, client, time.Now())
+	return ca.sign(tmpl)
+}
+
+// sign issues tmpl with a new ECDSA P-256 key, its validity cut to the CA's.
+func (ca *CA) sign(tmpl *x509.Certificate) (certPEM, keyPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -133,7 +138,7 @@ func (ca *CA) Issue(commonName string, hosts []string, client bool) (certPEM, ke
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.Key)
 	if err != nil {
-		return nil, nil, fmt.Errorf("issue certificate %q: %w", commonName, err)
+		return nil, nil, fmt.Errorf("issue certificate %q: %w", tmpl.Subject.CommonName, err)
 	}
 	if keyPEM, err = encodeKey(key); err != nil {
 		return nil, nil, err
