@@ -66,3 +66,43 @@ func Status(err error) int {
 		return http.StatusBadGateway
 	}
 }
+
+// Outcomes of a tunnel or request, as metrics and the audit log name them.
+// Every HTTP status maps to one (Outcome), so a label of them stays small.
+const (
+	OutcomeOK           = "ok"
+	OutcomeDenied       = "denied"       // 403: an allowlist, or the agent's own listeners
+	OutcomeOffline      = "offline"      // 503: the agent is not connected (or not reachable)
+	OutcomeRefused      = "refused"      // 502: the destination refused or is unreachable
+	OutcomeTimeout      = "timeout"      // 504, 408: a dial, an answer or a body took too long
+	OutcomeUnauthorized = "unauthorized" // 407
+	OutcomeBadRequest   = "bad_request"  // 400, 431 and other 4xx
+	OutcomeLimited      = "limited"      // 429
+	OutcomeError        = "error"        // anything else (5xx of the proxy itself)
+)
+
+// Outcome is the outcome of a tunnel or request answered with status. An
+// absolute-form request whose origin answered is ok, whatever the origin's
+// status: the proxy did its job. Callers pass the proxy's own status.
+func Outcome(status int) string {
+	switch {
+	case status == 0, status < 400:
+		return OutcomeOK
+	case status == http.StatusForbidden:
+		return OutcomeDenied
+	case status == http.StatusServiceUnavailable:
+		return OutcomeOffline
+	case status == http.StatusBadGateway:
+		return OutcomeRefused
+	case status == http.StatusGatewayTimeout, status == http.StatusRequestTimeout:
+		return OutcomeTimeout
+	case status == http.StatusProxyAuthRequired:
+		return OutcomeUnauthorized
+	case status == http.StatusTooManyRequests:
+		return OutcomeLimited
+	case status < 500:
+		return OutcomeBadRequest
+	default:
+		return OutcomeError
+	}
+}

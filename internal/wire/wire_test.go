@@ -572,3 +572,14 @@ func TestErrorChain(t *testing.T) {
 		t.Fatalf("Error() = %q", got)
 	}
 }
+
+func TestOutcome(t *testing.T) {
+	for status, want := range map[int]string{
+		0: "ok", 200: "ok", 101: "ok", 403: "denied", 503: "offline", 502: "refused", 504: "timeout",
+		408: "timeout", 407: "unauthorized", 400: "bad_request", 431: "bad_request", 429: "limited", 500: "error",
+	} {
+		if got := Outcome(status); got != want {
+			t.Errorf("Outcome(%d) = %q, want %q", status, got, want)
+		}
+	}
+}
