@@ -288,4 +288,3 @@ func waitFor(t *testing.T, ctx context.Context, what string, ok func() bool) {
 		}
 	}
 }
-
