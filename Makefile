@@ -9,7 +9,7 @@ DATE     ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 PKG      := github.com/reverse-http/reverse-http/internal/cli
 LDFLAGS  := -s -w -X $(PKG).Version=$(VERSION) -X $(PKG).Commit=$(COMMIT) -X $(PKG).Date=$(DATE)
 
-.PHONY: help build run test test-go test-scale unit e2e vet fmt fuzz fuzz-ci soak bench clean
+.PHONY: help build run test test-go test-deploy test-scale unit e2e vet fmt fuzz fuzz-ci soak bench dist clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-8s %s\n", $$1, $$2}'
@@ -20,11 +20,15 @@ build: ## Build bin/reverse-http
 run: build ## Run a local proxy and agent 4711 in the foreground (Ctrl-C stops both)
 	@scripts/run-local.sh $(BINARY)
 
-test: vet test-go test-scale fuzz-ci ## Run every test: unit and e2e with -race, the HA scale tests, 10s of each fuzz target, a 2-minute soak
+test: vet test-deploy test-go test-scale fuzz-ci ## Run every test: packaging checks, unit and e2e with -race, the HA scale tests, 10s of each fuzz target, a 2-minute soak
 	$(MAKE) soak SOAK_DURATION=2m
 
 test-go: ## Unit tests, fuzz seeds and e2e tests (real processes, curl, memcached, nginx) with the race detector
 	go test -race -count=1 -timeout 30m ./...
+
+test-deploy: ## Check the packaging (deploy/, Dockerfile; see docs/deploy.md) and make dist on this platform: seconds
+	cd deploy && go vet ./... && go test -count=1 ./...
+	scripts/test-dist.sh
 
 test-scale: ## The HA scale tests alone on the machine: 2,000-agent failover, 10,000 agents for HA_SCALE_HOLD (3m)
 	HA_SCALE=1 go test -count=1 -v -timeout 20m -run 'AtScale$$' ./e2e
@@ -56,5 +60,10 @@ soak: ## Run the HA soak test (e2e TestSoak) for SOAK_DURATION (10m); CI runs 2m
 bench: ## Run the benchmark suite (see docs/benchmarks.md)
 	go run ./bench $(BENCHFLAGS)
 
+DIST      ?= dist
+PLATFORMS ?= linux/amd64 linux/arm64 darwin/amd64 darwin/arm64
+dist: ## Release archives and SHA256SUMS in dist/ for PLATFORMS (linux, darwin x amd64, arm64)
+	scripts/dist.sh $(DIST) $(VERSION) $(COMMIT) $(PLATFORMS)
+
 clean: ## Remove build output and the quickstart's files
-	rm -rf bin .run
+	rm -rf bin .run dist
