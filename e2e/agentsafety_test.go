@@ -34,8 +34,8 @@ func TestAgentSecretsNotServed(t *testing.T) {
 		"--metrics.listen-address=127.0.0.1:0",
 		// An allowlist that names the metrics address explicitly: still refused.
 		"--agent-client.host-whitelist=127.0.0.0/8,localhost")...)
-	a.waitLog(t, startTimeout, 1, "metrics listening")
-	metricsAddr := a.lines("metrics listening")[0]["address"]
+	a.waitLog(t, startTimeout, 1, "admin listening")
+	metricsAddr := a.lines("admin listening")[0]["address"]
 	_, port, _ := strings.Cut(metricsAddr, ":")
 
 	// Directly: the command line is served with the token redacted.

@@ -70,8 +70,8 @@ func TestAgentIDFromCert(t *testing.T) {
 				t.Errorf("proxy registered the impostor %d times", n)
 			}
 			checkMetrics(t, "proxy", metricsAddr(t, p.process), map[string]func(float64) bool{
-				`reverse_http_agent_sessions_total{result="ok"}`:          eq(1),
-				`reverse_http_agent_sessions_total{result="auth_failed"}`: atLeast(1),
+				`reverse_http_agent_connections_total{outcome="authenticated"}`: eq(1),
+				`reverse_http_agent_connections_total{outcome="auth_failed"}`:   atLeast(1),
 			})
 			// The bound agent is still there.
 			if status, body, err := get(p.httpAddr, "bound 2", web.url("/hello")); err != nil || status != 200 {

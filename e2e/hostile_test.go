@@ -226,12 +226,12 @@ func metricsAddrJSON(t testing.TB, p *process) string {
 	err := waitFor(startTimeout, func() error {
 		for _, line := range strings.Split(p.log.String(), "\n") {
 			var m map[string]any
-			if json.Unmarshal([]byte(line), &m) == nil && m["msg"] == "metrics listening" {
+			if json.Unmarshal([]byte(line), &m) == nil && m["msg"] == "admin listening" {
 				addr, _ = m["address"].(string)
 				return nil
 			}
 		}
-		return errors.New("no `metrics listening` line")
+		return errors.New("no `admin listening` line")
 	})
 	if err != nil {
 		t.Fatal(err)

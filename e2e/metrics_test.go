@@ -39,18 +39,18 @@ func TestMetrics(t *testing.T) {
 	echoOnce(t, tn, strings.Repeat("m", 1000))
 	tn.Close()
 	checkMetrics(t, "proxy", proxyMetrics, map[string]func(float64) bool{
-		`reverse_http_agents_connected`:                           eq(1),
-		`reverse_http_agent_sessions_total{result="ok"}`:          eq(1),
-		`reverse_http_tunnels_total{kind="connect",status="200"}`: eq(1),
-		`reverse_http_tunnels_active`:                             eq(0),
-		`reverse_http_tunnel_bytes_total{direction="up"}`:         eq(1000),
-		`reverse_http_tunnel_bytes_total{direction="down"}`:       eq(1000),
-		`reverse_http_tunnel_open_seconds_count`:                  eq(1),
+		`reverse_http_agents_connected`:                                 eq(1),
+		`reverse_http_agent_connections_total{outcome="authenticated"}`: eq(1),
+		`reverse_http_tunnels_total{kind="connect",outcome="ok"}`:       eq(1),
+		`reverse_http_tunnels_open`:                                     eq(0),
+		`reverse_http_tunnel_bytes_total{direction="up"}`:               eq(1000),
+		`reverse_http_tunnel_bytes_total{direction="down"}`:             eq(1000),
+		`reverse_http_tunnel_open_seconds_count`:                        eq(1),
 	})
 	checkMetrics(t, "agent", agentMetrics, map[string]func(float64) bool{
 		`reverse_http_agents_connected`:                         eq(1),
-		`reverse_http_tunnels_total{kind="agent",status="200"}`: eq(1),
-		`reverse_http_tunnels_active`:                           eq(0),
+		`reverse_http_tunnels_total{kind="agent",outcome="ok"}`: eq(1),
+		`reverse_http_tunnels_open`:                             eq(0),
 		`reverse_http_tunnel_bytes_total{direction="up"}`:       eq(1000),
 		`reverse_http_tunnel_bytes_total{direction="down"}`:     eq(1000),
 	})
@@ -64,24 +64,24 @@ func TestMetrics(t *testing.T) {
 		t.Errorf("CONNECT without credentials: %v %v, want 407", resp, err)
 	}
 	checkMetrics(t, "proxy", proxyMetrics, map[string]func(float64) bool{
-		`reverse_http_tunnels_total{kind="forward",status="200"}`: eq(1),
-		`reverse_http_tunnels_total{kind="forward",status="503"}`: eq(1),
-		`reverse_http_tunnels_total{kind="connect",status="407"}`: eq(1),
-		`reverse_http_tunnels_total{kind="connect",status="200"}`: eq(1),
+		`reverse_http_tunnels_total{kind="forward",outcome="ok"}`:           eq(1),
+		`reverse_http_tunnels_total{kind="forward",outcome="offline"}`:      eq(1),
+		`reverse_http_tunnels_total{kind="connect",outcome="unauthorized"}`: eq(1),
+		`reverse_http_tunnels_total{kind="connect",outcome="ok"}`:           eq(1),
 	})
 	checkMetrics(t, "agent", agentMetrics, map[string]func(float64) bool{
-		`reverse_http_tunnels_total{kind="agent",status="200"}`: eq(2),
+		`reverse_http_tunnels_total{kind="agent",outcome="ok"}`: eq(2),
 	})
 }
 
 func eq(want float64) func(float64) bool      { return func(v float64) bool { return v == want } }
 func atLeast(want float64) func(float64) bool { return func(v float64) bool { return v >= want } }
 
-// metricsAddr is the address a process logged in `metrics listening`.
+// metricsAddr is the address a process logged in `admin listening`.
 func metricsAddr(t testing.TB, p *process) string {
 	t.Helper()
-	p.waitLog(t, startTimeout, 1, "metrics listening")
-	return p.lines("metrics listening")[0]["address"]
+	p.waitLog(t, startTimeout, 1, "admin listening")
+	return p.lines("admin listening")[0]["address"]
 }
 
 // checkMetrics polls addr's /metrics until every series satisfies its

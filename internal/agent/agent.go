@@ -16,10 +16,12 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/reverse-http/reverse-http/internal/admin"
 	"github.com/reverse-http/reverse-http/internal/allow"
 	"github.com/reverse-http/reverse-http/internal/metrics"
 	"github.com/reverse-http/reverse-http/internal/relay"
@@ -31,6 +33,9 @@ import (
 type Config struct {
 	// ServerAddr is the proxy's agent server, host:port (UDP).
 	ServerAddr string
+	// ID is this agent's ID, if known, for /tunnels and /readyz (the
+	// credential carries it; a JWT's is not read here).
+	ID string
 	// TLS is the client TLS configuration; NextProtos is set to wire.ALPN.
 	TLS *tls.Config
 	// Credential returns what the agent authenticates with: its ID (noauth)
@@ -84,10 +89,12 @@ type Config struct {
 	BlockLocal bool
 	// Metrics, if not nil, records the connection state and tunnels.
 	Metrics *metrics.Metrics
-	// MetricsAddr, if not empty, serves Metrics (made if nil) on /metrics
-	// and /healthz; a tunnel to that listener is refused like to
+	// AdminAddr, if not empty, serves the admin endpoint (health,
+	// readiness, Metrics (made if nil), /tunnels, the status page; with
+	// Pprof Go's profiler); a tunnel to that listener is refused like to
 	// OwnListeners.
-	MetricsAddr string
+	AdminAddr string
+	Pprof     bool
 	// Transport, if not nil, is the UDP socket the agent connects from,
 	// which it may share with other agents in this process (a load
 	// generator). Nil: every connection attempt uses a new socket, and so
@@ -117,8 +124,19 @@ func (c *Config) setDefaults() {
 
 // Agent is a running agent.
 type Agent struct {
-	cfg Config
-	log *slog.Logger
+	cfg       Config
+	log       *slog.Logger
+	open      tunnelSet
+	connected atomic.Bool // authenticated to the proxy now
+}
+
+// Ready reports why the agent cannot serve tunnels now, or nil: it is
+// connected to the proxy and authenticated.
+func (a *Agent) Ready() error {
+	if !a.connected.Load() {
+		return fmt.Errorf("not connected to the proxy at %s", a.cfg.ServerAddr)
+	}
+	return nil
 }
 
 // New makes an agent.
@@ -131,27 +149,31 @@ func New(cfg Config, log *slog.Logger) *Agent {
 // start over.
 const healthyAfter = 30 * time.Second
 
-// Run serves the metrics listener, if any, and connects, serves tunnels
+// Run serves the admin endpoint, if any, and connects, serves tunnels
 // and reconnects until ctx ends. It returns after every goroutine it
-// started has ended. Failing to bind the metrics listener is a
-// *run.ListenError for "metrics".
+// started has ended. Failing to bind the admin listener is a
+// *run.ListenError for "admin".
 func (a *Agent) Run(ctx context.Context) error {
-	if a.cfg.MetricsAddr == "" {
+	if a.cfg.AdminAddr == "" {
 		return a.connect(ctx)
 	}
 	if a.cfg.Metrics == nil {
 		a.cfg.Metrics = metrics.New()
 	}
 	// Bound first: the agent refuses tunnels to it.
-	ln, err := metrics.Listen(a.cfg.MetricsAddr)
+	ln, err := admin.Listen(a.cfg.AdminAddr)
 	if err != nil {
-		return &run.ListenError{Part: "metrics", Err: errors.Unwrap(err)}
+		return &run.ListenError{Part: "admin", Err: err}
 	}
 	if ap, err := netip.ParseAddrPort(ln.Addr().String()); err == nil {
 		a.cfg.OwnListeners = append(slices.Clip(a.cfg.OwnListeners), ap)
 	}
 	return run.All(ctx,
-		func(ctx context.Context) error { return a.cfg.Metrics.ServeListener(ctx, ln, a.log) },
+		func(ctx context.Context) error {
+			return admin.Serve(ctx, ln, admin.Config{
+				Role: "agent", Metrics: a.cfg.Metrics, Ready: a.Ready, Pprof: a.cfg.Pprof, Tunnels: a.Tunnels,
+			}, a.log.With("component", "admin"))
+		},
 		a.connect)
 }
 
@@ -246,6 +268,8 @@ func (a *Agent) session(ctx context.Context) (time.Duration, error) {
 	up := time.Now()
 	a.cfg.Metrics.Agents(1)
 	defer a.cfg.Metrics.Agents(-1)
+	a.connected.Store(true)
+	defer a.connected.Store(false)
 	a.log.Info("connected to proxy", "server", a.cfg.ServerAddr, "remote", conn.RemoteAddr().String())
 	for {
 		stream, err := conn.AcceptStream(ctx)
@@ -347,8 +371,10 @@ func (a *Agent) tunnel(ctx context.Context, conn *quic.Conn, stream *quic.Stream
 	a.cfg.Metrics.Opened(time.Since(start))
 	tunnelSide := relay.NewStream(stream, br, conn.LocalAddr(), conn.RemoteAddr())
 	return func(ended func()) {
-		relay.Start(tunnelSide, relay.NewTCP(dest, nil), func(res relay.Result) {
+		ot := a.open.add(target, start)
+		ot.relay.Store(relay.Start(tunnelSide, relay.NewTCP(dest, nil), func(res relay.Result) {
 			defer ended()
+			a.open.remove(ot)
 			a.cfg.Metrics.Closed(res.AToB, res.BToA)
 			outcome := "ok"
 			if res.Err != nil {
@@ -357,7 +383,7 @@ func (a *Agent) tunnel(ctx context.Context, conn *quic.Conn, stream *quic.Stream
 			a.log.Info("tunnel closed", "destination", target, "address", dest.RemoteAddr().String(),
 				"bytes_up", res.AToB, "bytes_down", res.BToA,
 				"duration", time.Since(start).Round(time.Millisecond).String(), "outcome", outcome)
-		})
+		}))
 	}
 }
 

@@ -37,10 +37,10 @@ func TestRunEndsEverything(t *testing.T) {
 	}
 	stopProxy := roletest.Run(t, "proxy", n.Run)
 	a := agent.New(agent.Config{
-		ServerAddr:  n.AgentAddr().String(),
-		TLS:         &tls.Config{InsecureSkipVerify: true},
-		Credential:  func() (string, error) { return "4711", nil },
-		MetricsAddr: "127.0.0.1:0",
+		ServerAddr: n.AgentAddr().String(),
+		TLS:        &tls.Config{InsecureSkipVerify: true},
+		Credential: func() (string, error) { return "4711", nil },
+		AdminAddr:  "127.0.0.1:0",
 	}, log)
 	stopAgent := roletest.Run(t, "agent", a.Run)
 	deadline := time.Now().Add(roletest.Wait)

@@ -36,6 +36,7 @@ type AgentCmd struct {
 		BlockLocal       bool          `help:"Refuse destinations that resolve to loopback, link-local, unspecified or cloud metadata addresses (169.254.169.254, fd00:ec2::254), even when a name pattern allows the name; an address or CIDR pattern inside such a range re-allows what it covers."`
 	} `embed:"" prefix:"agent-client."`
 	Metrics MetricsConfig `embed:"" prefix:"metrics."`
+	Admin   AdminConfig   `embed:"" prefix:"admin."`
 	Auth    struct {
 		Type   string `enum:"noauth,jwt" default:"noauth" help:"How the agent authenticates. One of: [noauth, jwt]."`
 		NoAuth struct {
@@ -107,11 +108,21 @@ func (c *AgentCmd) Run(e *Env) error {
 	if err != nil {
 		return flagError("agent-client", err)
 	}
+	adminAddr, err := adminAddress(c.Admin, c.Metrics)
+	if err != nil {
+		return err
+	}
+	var agentID string
+	if c.Auth.Type != "jwt" {
+		agentID = c.Auth.NoAuth.AgentID
+	}
 	e.Log.Info("agent starting", "server", ac.ServerAddress, "auth", c.Auth.Type, "allowlist", allowList.String(),
 		"block_local", ac.BlockLocal)
 	a := agent.New(agent.Config{
-		MetricsAddr:      c.Metrics.ListenAddress,
+		AdminAddr:        adminAddr,
+		Pprof:            c.Admin.Pprof,
 		ServerAddr:       ac.ServerAddress,
+		ID:               agentID,
 		TLS:              tlsConf,
 		Credential:       credential,
 		Allow:            allowList,
@@ -124,7 +135,7 @@ func (c *AgentCmd) Run(e *Env) error {
 		BackoffMax:       ac.BackoffMax,
 		BlockLocal:       ac.BlockLocal,
 	}, e.Log)
-	return listenError(a.Run(e.Ctx), map[string]string{"metrics": "metrics.listen-address"})
+	return listenError(a.Run(e.Ctx), map[string]string{"admin": adminFlag(c.Admin)})
 }
 
 // inlineFlag reports whether args (the command line, without the program

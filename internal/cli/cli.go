@@ -15,6 +15,7 @@ import (
 
 	"github.com/alecthomas/kong"
 	kongyaml "github.com/alecthomas/kong-yaml"
+	"github.com/reverse-http/reverse-http/internal/metrics"
 )
 
 // Build information, set by the linker (-X).
@@ -160,6 +161,7 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 			fmt.Fprintf(stderr, "reverse-http: error: %s (see --help)\n", oneLine(err))
 			return 2, true
 		}
+		metrics.Version, metrics.Commit = Version, Commit
 		log := cli.Log.logger(stderr)
 		env := &Env{Ctx: ctx, Log: log, Args: args, Stdin: stdin, Stdout: stdout, Stderr: stderr}
 		if err := kctx.Run(env); err != nil {

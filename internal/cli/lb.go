@@ -22,6 +22,7 @@ type LBCmd struct {
 	} `embed:"" prefix:"http-connector."`
 	Auth    AuthVerifier  `embed:"" prefix:"auth."`
 	Metrics MetricsConfig `embed:"" prefix:"metrics."`
+	Admin   AdminConfig   `embed:"" prefix:"admin."`
 	Store   struct {
 		Type       string          `enum:"memcached" default:"memcached" help:"Route store. One of: [memcached]."`
 		ClusterKey string          `name:"cluster-key" placeholder:"FILE" help:"File with the cluster's shared secret: routes are followed only to proxies whose node lease it verifies. Same file on every proxy and lb."`
@@ -54,6 +55,10 @@ func (c *LBCmd) Run(e *Env) error {
 	if err != nil {
 		return err
 	}
+	adminAddr, err := adminAddress(c.Admin, c.Metrics)
+	if err != nil {
+		return err
+	}
 	key, err := clusterKey(c.Store.ClusterKey, e)
 	if err != nil {
 		return err
@@ -70,11 +75,12 @@ func (c *LBCmd) Run(e *Env) error {
 		Key:                key,
 		ForwardTLS:         cs.connectorTLS,
 		ForwardDialTimeout: c.HTTPConnector.DialTimeout,
-		MetricsAddr:        c.Metrics.ListenAddress,
+		AdminAddr:          adminAddr,
+		Pprof:              c.Admin.Pprof,
 		ShutdownTimeout:    c.ShutdownTimeout,
 	}, e.Log)
 	if err := n.Listen(); err != nil {
-		return listenError(err, map[string]string{"clients": "http-proxy.listen-address", "metrics": "metrics.listen-address"})
+		return listenError(err, map[string]string{"clients": "http-proxy.listen-address", "admin": adminFlag(c.Admin)})
 	}
 	logListening(e, n.HTTPAddr(), cs.serverTLS, c.Auth.Type, cs.allow)
 	return runError(n.Run(e.Ctx))

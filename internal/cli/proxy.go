@@ -97,6 +97,7 @@ type ProxyCmd struct {
 	} `embed:"" prefix:"http-connector."`
 	Auth    AuthVerifier  `embed:"" prefix:"auth."`
 	Metrics MetricsConfig `embed:"" prefix:"metrics."`
+	Admin   AdminConfig   `embed:"" prefix:"admin."`
 	Store   struct {
 		Type             string          `enum:"none,memcached" default:"none" help:"Route store for HA. One of: [none, memcached]."`
 		HTTPProxyAddress string          `name:"http-proxy-address" help:"Address this proxy registers for its agents; other nodes forward clients there (default: the HTTP proxy listen address, with this host's name if it has no host)."`
@@ -120,9 +121,30 @@ type AuthVerifier struct {
 	} `embed:"" prefix:"jwt."`
 }
 
-// MetricsConfig is --metrics.*.
+// MetricsConfig is --metrics.*, kept from the reference.
 type MetricsConfig struct {
-	ListenAddress string `placeholder:"ADDR" help:"Serve Prometheus /metrics and /healthz on this TCP address (empty = off)."`
+	ListenAddress string `placeholder:"ADDR" help:"Alias of --admin.listen-address, kept for compatibility: serves the whole admin endpoint (/metrics, /healthz, /readyz, ...) on this TCP address."`
+}
+
+// AdminConfig is --admin.*.
+type AdminConfig struct {
+	ListenAddress string `placeholder:"ADDR" help:"Serve the admin endpoint on this TCP address (empty = off): /healthz, /readyz, /metrics, /agents (proxy), /tunnels (proxy, lb, agent), a status page at /. Bind it to a private address."`
+	Pprof         bool   `help:"Also serve Go's profiler on /debug/pprof/ of the admin endpoint (command line secrets redacted)."`
+}
+
+// adminAddress is the admin endpoint's address: --admin.listen-address or
+// its alias --metrics.listen-address.
+func adminAddress(a AdminConfig, m MetricsConfig) (string, error) {
+	switch {
+	case a.ListenAddress != "" && m.ListenAddress != "" && a.ListenAddress != m.ListenAddress:
+		return "", fmt.Errorf("--admin.listen-address (%s) and its alias --metrics.listen-address (%s) differ: give one", a.ListenAddress, m.ListenAddress)
+	case a.ListenAddress != "":
+		return a.ListenAddress, nil
+	}
+	if a.Pprof && m.ListenAddress == "" {
+		return "", errors.New("--admin.pprof needs --admin.listen-address")
+	}
+	return m.ListenAddress, nil
 }
 
 // MemcachedConfig is --store.memcached.*.
@@ -238,6 +260,10 @@ func (c *ProxyCmd) Run(e *Env) error {
 	if err != nil {
 		return err
 	}
+	adminAddr, err := adminAddress(c.Admin, c.Metrics)
+	if err != nil {
+		return err
+	}
 	cfg := proxy.NodeConfig{
 		Agents: c.Limits.proxyConfig(proxy.Config{
 			ListenAddr:        c.AgentServer.ListenAddress,
@@ -251,7 +277,8 @@ func (c *ProxyCmd) Run(e *Env) error {
 		Front:           c.Limits.frontConfig(c.HTTPLimits, front.Config{Auth: authn, Allow: allowList}),
 		HTTPAddr:        c.HTTPProxy.ListenAddress,
 		HTTPTLS:         proxyTLS,
-		MetricsAddr:     c.Metrics.ListenAddress,
+		AdminAddr:       adminAddr,
+		Pprof:           c.Admin.Pprof,
 		ShutdownTimeout: c.ShutdownTimeout,
 	}
 	if c.Store.Type == "memcached" {
@@ -279,7 +306,7 @@ func (c *ProxyCmd) Run(e *Env) error {
 	n := proxy.NewNode(cfg, e.Log)
 	if err := n.Listen(); err != nil {
 		return listenError(err, map[string]string{
-			"agents": "agent-server.listen-address", "clients": "http-proxy.listen-address", "metrics": "metrics.listen-address"})
+			"agents": "agent-server.listen-address", "clients": "http-proxy.listen-address", "admin": adminFlag(c.Admin)})
 	}
 	if selfSigned != "" {
 		e.Log.Warn("no --agent-server.tls.file.cert/key: using a self-signed certificate generated in memory; agents must use --agent-client.tls.insecure-skip-verify",
@@ -287,6 +314,14 @@ func (c *ProxyCmd) Run(e *Env) error {
 	}
 	logListening(e, n.HTTPAddr(), proxyTLS, c.Auth.Type, allowList)
 	return runError(n.Run(e.Ctx))
+}
+
+// adminFlag is the flag the admin address came from, for errors.
+func adminFlag(a AdminConfig) string {
+	if a.ListenAddress != "" {
+		return "admin.listen-address"
+	}
+	return "metrics.listen-address"
 }
 
 // listenError names the flag of the listener a role could not bind.

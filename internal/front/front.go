@@ -423,7 +423,12 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, agentID, targe
 			attrs = append(attrs, "reason", sw.reason)
 		}
 		// Metrics first: whoever reads the log line finds them counted.
-		h.cfg.Metrics.Request("forward", sw.status)
+		// The origin's own answer, whatever its status, is a success.
+		own := sw.status
+		if sw.reason == "" {
+			own = http.StatusOK
+		}
+		h.cfg.Metrics.Request("forward", own)
 		if u := sw.upgraded.Load(); u != nil {
 			h.cfg.Metrics.Bytes(u.up.Load(), u.down.Load())
 		}

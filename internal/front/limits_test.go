@@ -243,8 +243,8 @@ func TestTunnelsPerClientLimit(t *testing.T) {
 		t.Fatalf("absolute-form at the limit: %v %v, want 429", resp, err)
 	}
 	logs.waitLog(t, `msg="request refused"`, "status=429", "--limits.tunnels-per-client")
-	if n := value(m.Tunnels.WithLabelValues("connect", "429")); n < 1 {
-		t.Errorf("reverse_http_tunnels_total{kind=connect,status=429} = %v", n)
+	if n := value(m.Tunnels.WithLabelValues("connect", "limited")); n < 1 {
+		t.Errorf("reverse_http_tunnels_total{kind=connect,outcome=limited} = %v", n)
 	}
 	// Forwarded by another node, which signed it with the cluster key:
 	// counted there, not here.
@@ -414,8 +414,8 @@ func TestWebSocketUpgradeCounted(t *testing.T) {
 		t.Fatalf("after the half-close: %q, %v; want bye", rest, err)
 	}
 	logs.waitLog(t, `msg="request forwarded"`, "status=101", "bytes_up=15", "bytes_down=18")
-	if n := value(m.Tunnels.WithLabelValues("forward", "101")); n != 1 {
-		t.Errorf("reverse_http_tunnels_total{kind=forward,status=101} = %v, want 1", n)
+	if n := value(m.Tunnels.WithLabelValues("forward", "ok")); n != 1 {
+		t.Errorf("reverse_http_tunnels_total{kind=forward,outcome=ok} = %v, want 1", n)
 	}
 	if up, down := value(m.TunnelBytes.WithLabelValues("up")), value(m.TunnelBytes.WithLabelValues("down")); up != 15 || down != 18 {
 		t.Errorf("tunnel bytes up %v, down %v; want 15 and 18", up, down)

@@ -80,6 +80,7 @@ func (s *openSet) list(limit int) []Tunnel {
 	out := make([]Tunnel, len(all))
 	for i, o := range all {
 		out[i] = o.info
+		out[i].Since = o.info.Since.UTC()
 		if o.bytes != nil {
 			out[i].BytesUp, out[i].BytesDown = o.bytes()
 		}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/reverse-http/reverse-http/internal/front"
+	"github.com/reverse-http/reverse-http/internal/metrics"
 	"github.com/reverse-http/reverse-http/internal/relay"
 	"github.com/reverse-http/reverse-http/internal/route"
 	"github.com/reverse-http/reverse-http/internal/wire"
@@ -38,7 +39,9 @@ type Forwarder struct {
 	// ClusterKey signs the ForwardedHeader sent with each tunnel, so the
 	// receiving proxy does not count it against the client limit again.
 	ClusterKey []byte
-	Log        *slog.Logger
+	// Metrics, if not nil, counts the tunnels forwarded.
+	Metrics *metrics.Metrics
+	Log     *slog.Logger
 }
 
 // Store is where the Forwarder looks routes up (*route.Memcached).
@@ -173,6 +176,7 @@ func (f *Forwarder) connect(ctx context.Context, addr, agentID, hostport string)
 		return nil, wire.Errorf(wire.ErrTimeout, fmt.Sprintf("proxy %s: tunnel to %s: %v", addr, hostport, context.Cause(ctx)))
 	}
 	conn.SetDeadline(time.Time{})
+	f.Metrics.Forwarded()
 	return relay.NewTCP(conn, br), nil
 }
 

@@ -9,8 +9,10 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
+	"github.com/reverse-http/reverse-http/internal/admin"
 	"github.com/reverse-http/reverse-http/internal/front"
 	"github.com/reverse-http/reverse-http/internal/metrics"
 	"github.com/reverse-http/reverse-http/internal/route"
@@ -33,8 +35,11 @@ type NodeConfig struct {
 	// ForwardDialTimeout bounds a forwarded tunnel's opening.
 	ForwardTLS         *tls.Config
 	ForwardDialTimeout time.Duration
-	// MetricsAddr, if not empty, serves /metrics and /healthz.
-	MetricsAddr string
+	// AdminAddr, if not empty, serves the admin endpoint (health,
+	// readiness, metrics, /tunnels, the status page); with Pprof also
+	// Go's profiler.
+	AdminAddr string
+	Pprof     bool
 	// ShutdownTimeout bounds the stop, counted from the end of Run's
 	// context; zero means 5s.
 	ShutdownTimeout time.Duration
@@ -49,7 +54,8 @@ type Node struct {
 	front   *front.Handler
 	hs      *http.Server
 	ln      net.Listener
-	metLn   net.Listener
+	adminLn net.Listener // nil without AdminAddr
+	serving atomic.Bool  // Run serves and has not begun to stop
 }
 
 // NewNode makes an lb node; Listen binds it and Run runs it.
@@ -72,6 +78,7 @@ func (n *Node) Listen() (err error) {
 			n.ln.Close()
 		}
 	}()
+	n.cfg.Store.Observe(n.metrics.StoreOp)
 	fcfg := n.cfg.Front
 	fcfg.Metrics = n.metrics
 	fcfg.ClusterKey = n.cfg.Key
@@ -81,13 +88,14 @@ func (n *Node) Listen() (err error) {
 		TLS:         n.cfg.ForwardTLS,
 		DialTimeout: n.cfg.ForwardDialTimeout,
 		ClusterKey:  n.cfg.Key,
+		Metrics:     n.metrics,
 		Log:         n.log.With("component", "forwarder"),
 	}
 	n.front = front.New(fcfg, n.log.With("component", "http-proxy"))
 	n.hs = front.NewServer(n.cfg.HTTPAddr, n.front, n.cfg.HTTPTLS, n.log)
-	if n.cfg.MetricsAddr != "" {
-		if n.metLn, err = metrics.Listen(n.cfg.MetricsAddr); err != nil {
-			return &run.ListenError{Part: "metrics", Err: errors.Unwrap(err)}
+	if n.cfg.AdminAddr != "" {
+		if n.adminLn, err = admin.Listen(n.cfg.AdminAddr); err != nil {
+			return &run.ListenError{Part: "admin", Err: err}
 		}
 	}
 	n.log.Info("route store", "type", "memcached", "servers", strings.Join(n.cfg.Store.Servers(), ","), "cluster_key", len(n.cfg.Key) > 0)
@@ -117,10 +125,32 @@ func (n *Node) Run(ctx context.Context) error {
 			return nil
 		},
 	}
-	if n.metLn != nil {
-		parts = append(parts, func(ctx context.Context) error { return n.metrics.ServeListener(ctx, n.metLn, n.log) })
+	if n.adminLn != nil {
+		parts = append(parts, func(ctx context.Context) error {
+			return admin.Serve(ctx, n.adminLn, admin.Config{
+				Role: "lb", Metrics: n.metrics, Ready: n.Ready, Pprof: n.cfg.Pprof, Tunnels: n.front.Tunnels,
+			}, n.log.With("component", "admin"))
+		})
 	}
+	n.serving.Store(true)
+	stopServing := context.AfterFunc(ctx, func() { n.serving.Store(false) })
+	defer stopServing()
 	return run.Bounded(ctx, n.cfg.ShutdownTimeout, parts...)
+}
+
+// Ready reports why the node cannot do its job now, or nil: it serves,
+// is not shutting down, and a route store server answers (asked now,
+// within a second).
+func (n *Node) Ready() error {
+	if !n.serving.Load() {
+		return errors.New("not serving: starting or shutting down")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := n.cfg.Store.Ping(ctx); err != nil {
+		return fmt.Errorf("route store unreachable: %v", err)
+	}
+	return nil
 }
 
 // Front is the node's client front; Listen must have succeeded.

@@ -62,7 +62,7 @@ func TestNodeRunEndsEverything(t *testing.T) {
 	const shutdown = 500 * time.Millisecond
 	l := lb.NewNode(lb.NodeConfig{
 		Front: front.Config{Auth: auth.NoAuth()}, HTTPAddr: "127.0.0.1:0", Store: store(), Key: key,
-		ForwardDialTimeout: 5 * time.Second, MetricsAddr: "127.0.0.1:0", ShutdownTimeout: shutdown,
+		ForwardDialTimeout: 5 * time.Second, AdminAddr: "127.0.0.1:0", ShutdownTimeout: shutdown,
 	}, log)
 	if err := l.Listen(); err != nil {
 		t.Fatal(err)

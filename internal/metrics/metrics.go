@@ -3,34 +3,39 @@
 package metrics
 
 import (
-	"context"
-	"errors"
-	"fmt"
-	"log/slog"
-	"net"
-	"net/http"
-	"net/http/pprof"
-	"os"
-	"strconv"
+	"runtime"
 	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/reverse-http/reverse-http/internal/wire"
 )
 
-// Metrics are the collectors of one process.
+// Metrics are the collectors of one process. No label takes values from
+// agent IDs, clients or destinations: every label has a fixed, small set.
 type Metrics struct {
 	Registry *prometheus.Registry
 
-	AgentsConnected prometheus.Gauge
-	AgentSessions   *prometheus.CounterVec // result: ok, auth_failed, replaced, duplicate, over_limit, rate_limited
-	TunnelsActive   prometheus.Gauge
-	Tunnels         *prometheus.CounterVec // kind: connect, forward, agent, invalid; status: HTTP status code
-	TunnelBytes     *prometheus.CounterVec // direction: up (client to destination), down
-	TunnelOpen      prometheus.Histogram   // seconds to open a tunnel through an agent
+	AgentsConnected  prometheus.Gauge
+	AgentConnections *prometheus.CounterVec // outcome: authenticated, auth_failed, replaced, closed, duplicate, over_limit, rate_limited
+	TunnelsOpen      prometheus.Gauge
+	Tunnels          *prometheus.CounterVec // kind: connect, forward, agent, invalid; outcome: see wire.Outcome
+	TunnelBytes      *prometheus.CounterVec // direction: up (client to destination), down
+	TunnelOpen       prometheus.Histogram   // seconds to open a tunnel through an agent
+	TunnelsForwarded prometheus.Counter     // tunnels opened through another node
+	StoreOps         *prometheus.CounterVec // op: get, get_multi, set, add, touch, cas, delete
+	StoreErrors      *prometheus.CounterVec // op, as StoreOps
+	BuildInfo        *prometheus.GaugeVec   // version, commit, go_version; always 1
 }
+
+// Build information for the build-info gauge; the command line sets it
+// from the values the linker gave it.
+var (
+	Version = "dev"
+	Commit  = "none"
+)
 
 // New makes and registers the collectors, plus Go and process collectors.
 func New() *Metrics {
@@ -41,15 +46,15 @@ func New() *Metrics {
 		AgentsConnected: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "reverse_http_agents_connected", Help: "Agents connected to this proxy, or 1 if this agent is connected.",
 		}),
-		AgentSessions: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "reverse_http_agent_sessions_total", Help: "Agent connections by how they ended or began: ok, auth_failed (credential refused, or agent ID not named by its client certificate), replaced, duplicate (refused with 0x104: the ID is in use by a live agent), over_limit (--limits.agents), rate_limited (--limits.agent-handshakes-per-second).",
-		}, []string{"result"}),
-		TunnelsActive: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "reverse_http_tunnels_active", Help: "Tunnels open now.",
+		AgentConnections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "reverse_http_agent_connections_total", Help: "Agent connections by outcome: authenticated, auth_failed (credential refused, or agent ID not named by its client certificate), replaced (another connection took its ID), closed (ended otherwise), duplicate (refused with 0x104: the ID is in use by a live agent), over_limit (--limits.agents), rate_limited (--limits.agent-handshakes-per-second).",
+		}, []string{"outcome"}),
+		TunnelsOpen: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "reverse_http_tunnels_open", Help: "Tunnels open now.",
 		}),
 		Tunnels: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "reverse_http_tunnels_total", Help: "Client requests and agent tunnels by kind (connect, forward, agent, invalid: refused before it was parsed) and HTTP status.",
-		}, []string{"kind", "status"}),
+			Name: "reverse_http_tunnels_total", Help: "Client tunnels and requests (kind connect, forward; invalid: refused before it was parsed) and agent tunnels (kind agent) by outcome: ok, denied, offline, refused, timeout, unauthorized, bad_request, limited, error.",
+		}, []string{"kind", "outcome"}),
 		TunnelBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "reverse_http_tunnel_bytes_total", Help: "Bytes relayed by direction: up (client to destination), down (destination to client).",
 		}, []string{"direction"}),
@@ -58,15 +63,46 @@ func New() *Metrics {
 			Help:    "Time to open a tunnel through an agent, including the agent's dial of the destination.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}),
+		TunnelsForwarded: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "reverse_http_tunnels_forwarded_total", Help: "Tunnels opened through the proxy that holds the agent, from an lb or from a proxy that does not hold it.",
+		}),
+		StoreOps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "reverse_http_store_operations_total", Help: "Route store (memcached) operations by op, counted per server: get, get_multi, set, add, touch, cas, delete.",
+		}, []string{"op"}),
+		StoreErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "reverse_http_store_errors_total", Help: "Route store operations that got no answer (server down, timeout), by op.",
+		}, []string{"op"}),
+		BuildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "reverse_http_build_info", Help: "Always 1; the labels say which build runs.",
+		}, []string{"version", "commit", "go_version"}),
 	}
-	r.MustRegister(m.AgentsConnected, m.AgentSessions, m.TunnelsActive, m.Tunnels, m.TunnelBytes, m.TunnelOpen)
+	m.BuildInfo.WithLabelValues(Version, Commit, runtime.Version()).Set(1)
+	r.MustRegister(m.AgentsConnected, m.AgentConnections, m.TunnelsOpen, m.Tunnels, m.TunnelBytes, m.TunnelOpen,
+		m.TunnelsForwarded, m.StoreOps, m.StoreErrors, m.BuildInfo)
 	return m
 }
 
-// Session counts an agent connection's authentication result.
-func (m *Metrics) Session(result string) {
+// StoreOp counts a route store operation; it fits route.Memcached.Observe.
+func (m *Metrics) StoreOp(op string, failed bool) {
 	if m != nil {
-		m.AgentSessions.WithLabelValues(result).Inc()
+		m.StoreOps.WithLabelValues(op).Inc()
+		if failed {
+			m.StoreErrors.WithLabelValues(op).Inc()
+		}
+	}
+}
+
+// Forwarded counts a tunnel opened through another node.
+func (m *Metrics) Forwarded() {
+	if m != nil {
+		m.TunnelsForwarded.Inc()
+	}
+}
+
+// Session counts an agent connection's authentication result.
+func (m *Metrics) Session(outcome string) {
+	if m != nil {
+		m.AgentConnections.WithLabelValues(outcome).Inc()
 	}
 }
 
@@ -81,14 +117,14 @@ func (m *Metrics) Agents(delta float64) {
 func (m *Metrics) Opened(d time.Duration) {
 	if m != nil {
 		m.TunnelOpen.Observe(d.Seconds())
-		m.TunnelsActive.Inc()
+		m.TunnelsOpen.Inc()
 	}
 }
 
 // Closed records the end of an opened tunnel and its bytes.
 func (m *Metrics) Closed(up, down int64) {
 	if m != nil {
-		m.TunnelsActive.Dec()
+		m.TunnelsOpen.Dec()
 		m.Bytes(up, down)
 	}
 }
@@ -102,70 +138,13 @@ func (m *Metrics) Bytes(up, down int64) {
 	}
 }
 
-// Request counts one client request or agent tunnel by kind and status.
+// Request counts one client request or agent tunnel by kind and the
+// outcome of the proxy's (or agent's) own status: for an absolute-form
+// request the origin answered, pass 200.
 func (m *Metrics) Request(kind string, status int) {
 	if m != nil {
-		m.Tunnels.WithLabelValues(kind, strconv.Itoa(status)).Inc()
+		m.Tunnels.WithLabelValues(kind, wire.Outcome(status)).Inc()
 	}
-}
-
-// Serve serves /metrics, /healthz and Go's /debug/pprof/ on addr until ctx
-// ends. Bind it to a private address: profiles reveal internals.
-func (m *Metrics) Serve(ctx context.Context, addr string, log *slog.Logger) error {
-	ln, err := Listen(addr)
-	if err != nil {
-		return err
-	}
-	return m.ServeListener(ctx, ln, log)
-}
-
-// Listen binds the metrics listener on addr (TCP), for ServeListener; a
-// caller that must know the bound address before serving (the agent
-// refuses tunnels to it) binds first.
-func Listen(addr string) (net.Listener, error) {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("--metrics.listen-address: %w", err)
-	}
-	return ln, nil
-}
-
-// ServeListener is Serve on a bound listener, which it closes. The
-// command line at /debug/pprof/cmdline is the process's with the values of
-// secret flags (tokens, passwords) replaced; see RedactArgs.
-func (m *Metrics) ServeListener(ctx context.Context, ln net.Listener, log *slog.Logger) error {
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	log.Info("metrics listening", "address", ln.Addr().String())
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return fmt.Errorf("metrics: %w", err)
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	srv.Shutdown(sctx)
-	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
-}
-
-// cmdline is pprof.Cmdline with secrets redacted: the running program's
-// command line, arguments separated by NUL bytes.
-func cmdline(w http.ResponseWriter, _ *http.Request) {
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	fmt.Fprint(w, strings.Join(RedactArgs(os.Args), "\x00"))
 }
 
 // Redacted replaces a secret flag value in RedactArgs.

@@ -185,7 +185,7 @@ func TestAgentIDFromCert(t *testing.T) {
 			}
 			waitFor(t, "auth_failed count", func() bool {
 				var c dto.Metric
-				m.AgentSessions.WithLabelValues("auth_failed").Write(&c)
+				m.AgentConnections.WithLabelValues("auth_failed").Write(&c)
 				return c.GetCounter().GetValue() == float64(failed)
 			})
 			if n := strings.Count(logs.String(), "agent refused: its ID does not match its client certificate"); n != failed {

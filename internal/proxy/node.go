@@ -10,8 +10,10 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
+	"github.com/reverse-http/reverse-http/internal/admin"
 	"github.com/reverse-http/reverse-http/internal/front"
 	"github.com/reverse-http/reverse-http/internal/lb"
 	"github.com/reverse-http/reverse-http/internal/metrics"
@@ -34,8 +36,11 @@ type NodeConfig struct {
 	// Cluster, if not nil, publishes routes to this proxy's agents and
 	// forwards clients of agents held elsewhere.
 	Cluster *ClusterConfig
-	// MetricsAddr, if not empty, serves /metrics and /healthz.
-	MetricsAddr string
+	// AdminAddr, if not empty, serves the admin endpoint (health,
+	// readiness, metrics, /agents, /tunnels, the status page); with
+	// Pprof also Go's profiler.
+	AdminAddr string
+	Pprof     bool
 	// ShutdownTimeout bounds the whole stop, counted from the end of
 	// Run's context; zero means 5s.
 	ShutdownTimeout time.Duration
@@ -71,8 +76,9 @@ type Node struct {
 	front   *front.Handler
 	hs      *http.Server
 	ln      net.Listener // clients
-	metLn   net.Listener // nil without MetricsAddr
+	adminLn net.Listener // nil without AdminAddr
 	routes  *Routes      // nil without a cluster
+	serving atomic.Bool  // Run serves and has not begun to stop
 }
 
 // NewNode makes a proxy node; Listen binds it and Run runs it.
@@ -119,6 +125,7 @@ func (n *Node) Listen() (err error) {
 	fcfg.Metrics = n.metrics
 	fcfg.Dialer = n.agents
 	if c := n.cfg.Cluster; c != nil {
+		c.Store.Observe(n.metrics.StoreOp)
 		self := c.Addr
 		if self == "" {
 			if self, err = SelfAddress(n.cfg.HTTPAddr, n.ln.Addr()); err != nil {
@@ -130,7 +137,7 @@ func (n *Node) Listen() (err error) {
 		fcfg.ClusterKey = c.Key
 		fcfg.Dialer = &lb.Cluster{Local: n.agents, Forward: &lb.Forwarder{
 			Store: c.Store, Self: []string{self, n.ln.Addr().String()}, TLS: c.ForwardTLS,
-			DialTimeout: c.ForwardDialTimeout, ClusterKey: c.Key,
+			DialTimeout: c.ForwardDialTimeout, ClusterKey: c.Key, Metrics: n.metrics,
 			Log: n.log.With("component", "forwarder"),
 		}}
 		n.log.Info("route store", "type", "memcached", "servers", strings.Join(c.Store.Servers(), ","), "route", self,
@@ -138,9 +145,29 @@ func (n *Node) Listen() (err error) {
 	}
 	n.front = front.New(fcfg, n.log.With("component", "http-proxy"))
 	n.hs = front.NewServer(n.cfg.HTTPAddr, n.front, n.cfg.HTTPTLS, n.log)
-	if n.cfg.MetricsAddr != "" {
-		if n.metLn, err = metrics.Listen(n.cfg.MetricsAddr); err != nil {
-			return &run.ListenError{Part: "metrics", Err: errors.Unwrap(err)}
+	if n.cfg.AdminAddr != "" {
+		if n.adminLn, err = admin.Listen(n.cfg.AdminAddr); err != nil {
+			return &run.ListenError{Part: "admin", Err: err}
+		}
+	}
+	return nil
+}
+
+// Ready reports why the node cannot do its job now, or nil: it serves
+// both listeners, is not shutting down and, in a cluster, the route store
+// answered within the last renewal period (TTL/3, and a second).
+func (n *Node) Ready() error {
+	if !n.serving.Load() {
+		return errors.New("not serving: starting or shutting down")
+	}
+	if c := n.cfg.Cluster; c != nil {
+		period := c.TTL/3 + time.Second
+		last := c.Store.LastAnswer()
+		if last.IsZero() {
+			return errors.New("the route store has not answered yet")
+		}
+		if ago := time.Since(last); ago > period {
+			return fmt.Errorf("the route store has not answered for %s (renewal period %s)", ago.Round(time.Second), c.TTL/3)
 		}
 	}
 	return nil
@@ -188,9 +215,17 @@ func (n *Node) Run(ctx context.Context) error {
 	if n.routes != nil {
 		parts = append(parts, n.routes.Run)
 	}
-	if n.metLn != nil {
-		parts = append(parts, func(ctx context.Context) error { return n.metrics.ServeListener(ctx, n.metLn, n.log) })
+	if n.adminLn != nil {
+		parts = append(parts, func(ctx context.Context) error {
+			return admin.Serve(ctx, n.adminLn, admin.Config{
+				Role: "proxy", Metrics: n.metrics, Ready: n.Ready, Pprof: n.cfg.Pprof,
+				Agents: func() any { return n.agents.AgentInfos() }, Tunnels: n.front.Tunnels,
+			}, n.log.With("component", "admin"))
+		})
 	}
+	n.serving.Store(true)
+	stopServing := context.AfterFunc(ctx, func() { n.serving.Store(false) })
+	defer stopServing()
 	return run.Bounded(ctx, n.cfg.ShutdownTimeout, parts...)
 }
 

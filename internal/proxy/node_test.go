@@ -27,7 +27,7 @@ func TestNodeRunEndsEverything(t *testing.T) {
 		Agents:          proxy.Config{ListenAddr: "127.0.0.1:0", TLS: serverTLS(t), Auth: auth.NoAuth(), DialTimeout: 5 * time.Second},
 		Front:           front.Config{Auth: auth.NoAuth()},
 		HTTPAddr:        "127.0.0.1:0",
-		MetricsAddr:     "127.0.0.1:0",
+		AdminAddr:       "127.0.0.1:0",
 		ShutdownTimeout: shutdown,
 	}, testLogger(t))
 	if err := n.Listen(); err != nil {
@@ -35,10 +35,10 @@ func TestNodeRunEndsEverything(t *testing.T) {
 	}
 	stopProxy := roletest.Run(t, "proxy", n.Run)
 	a := agent.New(agent.Config{
-		ServerAddr:  n.AgentAddr().String(),
-		TLS:         &tls.Config{InsecureSkipVerify: true},
-		Credential:  func() (string, error) { return "4711", nil },
-		MetricsAddr: "127.0.0.1:0",
+		ServerAddr: n.AgentAddr().String(),
+		TLS:        &tls.Config{InsecureSkipVerify: true},
+		Credential: func() (string, error) { return "4711", nil },
+		AdminAddr:  "127.0.0.1:0",
 	}, testLogger(t).With("agent", "4711"))
 	stopAgent := roletest.Run(t, "agent", a.Run)
 	waitFor(t, "agent 4711", func() bool { return n.Agents().Connected("4711") })

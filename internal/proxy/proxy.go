@@ -12,6 +12,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -111,6 +113,9 @@ type session struct {
 	remote  string
 	since   time.Time
 	tunnels atomic.Int64 // open through this agent now
+	total   atomic.Int64 // tunnels opened through this agent
+	// bytes to and from the agent, over all its tunnels so far
+	bytesUp, bytesDown atomic.Int64
 }
 
 // dupState is what the proxy remembers of an agent ID used by two
@@ -294,7 +299,7 @@ func (s *Server) serve(ctx context.Context, conn *quic.Conn) {
 		s.noteReplaced(id, sess.since)
 	}
 	s.mu.Unlock()
-	s.cfg.Metrics.Session("ok")
+	s.cfg.Metrics.Session("authenticated")
 	if old != nil {
 		s.log.Warn("agent connection replaced by a new one with the same ID",
 			"agent", id, "old_remote", old.conn.RemoteAddr().String(), "new_remote", remote)
@@ -315,6 +320,7 @@ func (s *Server) serve(ctx context.Context, conn *quic.Conn) {
 		if current {
 			delete(s.agents, id)
 			s.cfg.Metrics.Agents(-1)
+			s.cfg.Metrics.Session("closed") // a replaced one was counted as such
 		}
 		s.mu.Unlock()
 		s.log.Info("agent disconnected", "agent", id, "remote", remote,
@@ -458,6 +464,39 @@ type Session struct {
 	Since time.Time // when it authenticated
 }
 
+// AgentInfo describes a connected agent, as /agents lists it.
+type AgentInfo struct {
+	ID           string    `json:"id"`
+	RemoteAddr   string    `json:"remote_addr"`
+	ConnectedAt  time.Time `json:"connected_at"`
+	TunnelsOpen  int64     `json:"tunnels_open"`
+	TunnelsTotal int64     `json:"tunnels_total"`
+	BytesUp      int64     `json:"bytes_up"`
+	BytesDown    int64     `json:"bytes_down"`
+	RTTMillis    float64   `json:"rtt_ms"`
+}
+
+// AgentInfos returns the connected agents, sorted by ID.
+func (s *Server) AgentInfos() []AgentInfo {
+	s.mu.RLock()
+	all := make([]*session, 0, len(s.agents))
+	for _, a := range s.agents {
+		all = append(all, a)
+	}
+	s.mu.RUnlock()
+	out := make([]AgentInfo, len(all))
+	for i, a := range all {
+		out[i] = AgentInfo{
+			ID: a.id, RemoteAddr: a.remote, ConnectedAt: a.since.UTC(),
+			TunnelsOpen: a.tunnels.Load(), TunnelsTotal: a.total.Load(),
+			BytesUp: a.bytesUp.Load(), BytesDown: a.bytesDown.Load(),
+			RTTMillis: float64(a.conn.ConnectionStats().SmoothedRTT.Microseconds()) / 1000,
+		}
+	}
+	slices.SortFunc(out, func(a, b AgentInfo) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
+
 // Sessions returns the connected agents.
 func (s *Server) Sessions() []Session {
 	s.mu.RLock()
@@ -580,6 +619,8 @@ func (s *Server) Dial(ctx context.Context, agentID, hostport string) (net.Conn, 
 	stream.SetDeadline(time.Time{})
 	tunnel := relay.NewStream(stream, br, sess.conn.LocalAddr(), sess.conn.RemoteAddr())
 	tunnel.OnClose(func() { sess.tunnels.Add(-1) })
+	tunnel.Count(&sess.bytesDown, &sess.bytesUp)
+	sess.total.Add(1)
 	opened = true
 	return tunnel, nil
 }

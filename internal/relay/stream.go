@@ -29,7 +29,14 @@ type Stream struct {
 	released atomic.Bool
 	onClose  func()
 	peek     [1]byte
+	// read and written, if not nil, get the bytes of each Read and Write.
+	read, written *atomic.Int64
 }
+
+// Count adds the bytes read from and written to the stream from now on to
+// read and written (counters shared by every tunnel of an agent). Call it
+// before the Stream is used.
+func (c *Stream) Count(read, written *atomic.Int64) { c.read, c.written = read, written }
 
 // OnClose makes f run once, at the first Close or Abort: a proxy counts
 // the tunnels open through an agent with it. Call it before the Stream is
@@ -59,6 +66,9 @@ func (c *Stream) Read(p []byte) (int, error) {
 		c.br = nil
 	}
 	n, err := c.s.Read(p)
+	if c.read != nil {
+		c.read.Add(int64(n))
+	}
 	if err == io.EOF {
 		c.readEOF.Store(true)
 	}
@@ -73,7 +83,13 @@ func (c *Stream) waitRead() {
 	c.s.Peek(c.peek[:])
 }
 
-func (c *Stream) Write(p []byte) (int, error) { return c.s.Write(p) }
+func (c *Stream) Write(p []byte) (int, error) {
+	n, err := c.s.Write(p)
+	if c.written != nil {
+		c.written.Add(int64(n))
+	}
+	return n, err
+}
 
 // CloseWrite sends the stream's FIN.
 func (c *Stream) CloseWrite() error {

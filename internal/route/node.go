@@ -88,7 +88,7 @@ func (m *Memcached) Publish(ctx context.Context, addr string, started time.Time,
 	}
 	v := []byte(m.leaseValue(addr, started, m.now().Add(ttl)))
 	errs, allFailed := m.each(func(sv *server) error {
-		return m.do(ctx, sv, func(mc *memcache.Client) error {
+		return m.do(ctx, sv, "set", func(mc *memcache.Client) error {
 			return mc.Set(&memcache.Item{Key: key, Value: v, Expiration: seconds(ttl)})
 		})
 	})
@@ -103,7 +103,7 @@ func (m *Memcached) Publish(ctx context.Context, addr string, started time.Time,
 func (m *Memcached) Withdraw(ctx context.Context, addr string) error {
 	key := NodeKey(addr)
 	errs, allFailed := m.each(func(sv *server) error {
-		err := m.do(ctx, sv, func(mc *memcache.Client) error { return mc.Delete(key) })
+		err := m.do(ctx, sv, "delete", func(mc *memcache.Client) error { return mc.Delete(key) })
 		if errors.Is(err, memcache.ErrCacheMiss) {
 			return nil
 		}

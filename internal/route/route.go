@@ -137,6 +137,9 @@ type Memcached struct {
 	conc    int
 	log     *slog.Logger
 	now     func() time.Time
+
+	observe  func(op string, failed bool)
+	answered atomic.Int64 // unix ns of the last answer from any server
 }
 
 type server struct {
@@ -184,6 +187,25 @@ func (m *Memcached) Servers() []string {
 	return s
 }
 
+// Ping asks every server for a key no route uses (agent IDs that begin
+// with "rh:" are hashed); it returns nil if any of them answered.
+func (m *Memcached) Ping(ctx context.Context) error {
+	errs, all := m.each(func(sv *server) error {
+		err := m.do(ctx, sv, "get", func(mc *memcache.Client) error {
+			_, err := mc.Get("rh:ping")
+			return err
+		})
+		if isProtocolAnswer(err) {
+			return nil
+		}
+		return err
+	})
+	if all {
+		return errors.Join(errs...)
+	}
+	return nil
+}
+
 // seconds is a memcached expiration for ttl, at least one second.
 func seconds(ttl time.Duration) int32 {
 	s := math.Ceil(ttl.Seconds())
@@ -195,7 +217,12 @@ func seconds(ttl time.Duration) int32 {
 
 // do runs fn against sv, at most Concurrency at a time, unless ctx ended.
 // It records the server's availability.
-func (m *Memcached) do(ctx context.Context, sv *server, fn func(*memcache.Client) error) error {
+func (m *Memcached) do(ctx context.Context, sv *server, op string, fn func(*memcache.Client) error) (err error) {
+	defer func() {
+		if m.observe != nil {
+			m.observe(op, err != nil && !isProtocolAnswer(err))
+		}
+	}()
 	select {
 	case sv.sem <- struct{}{}:
 	case <-ctx.Done():
@@ -205,17 +232,32 @@ func (m *Memcached) do(ctx context.Context, sv *server, fn func(*memcache.Client
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("memcached %s: %w", sv.addr, context.Cause(ctx))
 	}
-	err := fn(sv.mc)
+	err = fn(sv.mc)
 	if err != nil && !isProtocolAnswer(err) {
 		if !sv.down.Swap(true) && m.log != nil {
 			m.log.Error("memcached server unavailable", "server", sv.addr, "error", err)
 		}
 		return fmt.Errorf("memcached %s: %w", sv.addr, err)
 	}
+	m.answered.Store(time.Now().UnixNano())
 	if sv.down.Swap(false) && m.log != nil {
 		m.log.Info("memcached server available again", "server", sv.addr)
 	}
 	return err
+}
+
+// Observe makes f see every store operation: its name (get, get_multi,
+// set, add, touch, cas, delete) and whether it failed (memcached did not
+// answer). Call it before the store is used.
+func (m *Memcached) Observe(f func(op string, failed bool)) { m.observe = f }
+
+// LastAnswer is when a memcached server last answered an operation; zero
+// if none has.
+func (m *Memcached) LastAnswer() time.Time {
+	if ns := m.answered.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
 }
 
 // isProtocolAnswer: memcached answered; the server works.
@@ -272,7 +314,7 @@ func (m *Memcached) getMulti(ctx context.Context, sv *server, keys []string) (ma
 	parallel((len(keys)+chunk-1)/chunk, m.conc, func(i int) {
 		part := keys[i*chunk : min((i+1)*chunk, len(keys))]
 		var items map[string]*memcache.Item
-		err := m.do(ctx, sv, func(mc *memcache.Client) (err error) {
+		err := m.do(ctx, sv, "get_multi", func(mc *memcache.Client) (err error) {
 			items, err = mc.GetMulti(part)
 			return err
 		})
@@ -331,7 +373,7 @@ func (m *Memcached) Lookup(ctx context.Context, agentID string) (Route, error) {
 	)
 	_, allFailed := m.each(func(sv *server) error {
 		var it *memcache.Item
-		err := m.do(ctx, sv, func(mc *memcache.Client) (err error) {
+		err := m.do(ctx, sv, "get", func(mc *memcache.Client) (err error) {
 			it, err = mc.Get(key)
 			return err
 		})
@@ -416,7 +458,7 @@ func (m *Memcached) Claim(ctx context.Context, addr string, claims []Claim, ttl 
 		var first error
 		parallel(len(claims), m.conc, func(i int) {
 			c := claims[i]
-			err := m.do(ctx, sv, func(mc *memcache.Client) error { return mc.Set(item(Key(c.ID), addr, c.Since, ttl)) })
+			err := m.do(ctx, sv, "set", func(mc *memcache.Client) error { return mc.Set(item(Key(c.ID), addr, c.Since, ttl)) })
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -462,9 +504,9 @@ func (m *Memcached) Renew(ctx context.Context, addr string, claims []Claim, ttl 
 				// Lost (the server restarted or evicted it): add it back,
 				// unless someone else wrote it meanwhile; the next round
 				// reads what is there.
-				m.do(ctx, sv, func(mc *memcache.Client) error { return mc.Add(item(keys[i], addr, c.Since, ttl)) })
+				m.do(ctx, sv, "add", func(mc *memcache.Client) error { return mc.Add(item(keys[i], addr, c.Since, ttl)) })
 			case string(it.Value) == addr:
-				m.do(ctx, sv, func(mc *memcache.Client) error { return mc.Touch(keys[i], seconds(ttl)) })
+				m.do(ctx, sv, "touch", func(mc *memcache.Client) error { return mc.Touch(keys[i], seconds(ttl)) })
 			default:
 				r, perr := routeOf(it)
 				if perr != nil {
@@ -538,7 +580,7 @@ func (m *Memcached) Release(ctx context.Context, addr string, ids []string) erro
 				return // gone, or another proxy holds the agent now
 			}
 			it.Expiration = -1
-			err := m.do(ctx, sv, func(mc *memcache.Client) error { return mc.CompareAndSwap(it) })
+			err := m.do(ctx, sv, "cas", func(mc *memcache.Client) error { return mc.CompareAndSwap(it) })
 			if err == nil || isProtocolAnswer(err) {
 				return // released, or changed meanwhile: then it is not ours
 			}
