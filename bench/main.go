@@ -60,7 +60,7 @@ type config struct {
 	Keep     bool
 	LogLevel string // of proxy and agent
 	// ProxyFlags and AgentFlags are extra flags for the processes, e.g.
-	// --metrics.listen-address=127.0.0.1:9090 to profile them.
+	// --admin.listen-address=127.0.0.1:9090 --admin.pprof to profile them.
 	ProxyFlags, AgentFlags string
 	// Env is extra environment of proxy, agent, the raw QUIC helpers and
 	// the TCP relay chain's relays, e.g. GOMAXPROCS=1.
@@ -191,13 +191,13 @@ func parseFlags(args []string) (config, error) {
 	fs.IntVar(&cfg.LatencyN, "latency-n", 2000, "samples per latency measurement")
 	fs.IntVar(&cfg.Inflight, "inflight", 256, "tunnels or agents being opened at once in the 10k phases")
 	fs.DurationVar(&cfg.Idle, "idle", 10*time.Second, "how long the connected agents sit idle while the proxy's CPU is measured")
-	fs.DurationVar(&cfg.Hold, "hold", 0, "keep the 10,000 tunnels open this long after their echo, to profile the processes (e.g. with -proxy-flags=--metrics.listen-address=...)")
+	fs.DurationVar(&cfg.Hold, "hold", 0, "keep the 10,000 tunnels open this long after their echo, to profile the processes (e.g. with -proxy-flags='--admin.listen-address=... --admin.pprof')")
 	fs.BoolVar(&cfg.Quick, "quick", false, "shrink every size ~10x (flags given explicitly are kept)")
 	fs.StringVar(&cfg.JSONPath, "json", "bench.json", "write the results to this JSON file (empty: none)")
 	fs.StringVar(&cfg.Bin, "bin", "", "reverse-http binary to use (default: go build ./cmd/reverse-http)")
 	fs.BoolVar(&cfg.Keep, "keep", false, "keep the work directory (binary, certificates, process logs)")
 	fs.StringVar(&cfg.LogLevel, "log-level", "warn", "--log.level of proxy and agent; their logs are in the work directory (see -keep)")
-	fs.StringVar(&cfg.ProxyFlags, "proxy-flags", "", "extra flags for the proxy, space-separated (e.g. --metrics.listen-address=127.0.0.1:9090 to fetch /debug/pprof/)")
+	fs.StringVar(&cfg.ProxyFlags, "proxy-flags", "", "extra flags for the proxy, space-separated (e.g. '--admin.listen-address=127.0.0.1:9090 --admin.pprof' to fetch /debug/pprof/)")
 	fs.StringVar(&cfg.AgentFlags, "agent-flags", "", "extra flags for the agent, space-separated")
 	fs.StringVar(&cfg.Env, "env", "", "extra environment of proxy, agent, the raw QUIC baseline's two ends and the TCP relay chain's relays, space-separated (e.g. GOMAXPROCS=1 or GOGC=50)")
 	fs.StringVar(&cfg.PprofDir, "pprof", "", "write CPU and heap profiles of proxy and agent, taken during the first run of each phase (whose figures then include the profiling), into this directory (read them with go tool pprof -top FILE)")

@@ -12,25 +12,31 @@ import (
 	"time"
 )
 
-// With -pprof, proxy and agent serve /debug/pprof/ on their metrics port
+// With -pprof, proxy and agent serve /debug/pprof/ on their admin port
 // and the first run of each phase saves profiles of them while it
 // measures. The files are named PHASE-WHAT-PROCESS.pprof; Go profiles
 // carry their symbols, so `go tool pprof -top FILE` reads them as they are.
 
-// metricsFlag gives a process a metrics listener on a free loopback port
-// when profiles are wanted; it returns the flags to add and the address.
-// A listener already in extra (-proxy-flags, -agent-flags) is used as it
-// is.
+// metricsFlag gives a process an admin listener with pprof on a free
+// loopback port when profiles are wanted; it returns the flags to add and
+// the address. A listener already in extra (-proxy-flags, -agent-flags)
+// is used as it is.
 func (b *bench) metricsFlag(extra string) ([]string, string, error) {
 	if b.cfg.PprofDir == "" {
 		return nil, "", nil
 	}
+	pprof := []string{"--admin.pprof"}
+	if strings.Contains(extra, "--admin.pprof") {
+		pprof = nil
+	}
 	for _, f := range strings.Fields(extra) {
-		if addr, ok := strings.CutPrefix(f, "--metrics.listen-address="); ok {
-			if strings.HasPrefix(addr, ":") {
-				addr = "127.0.0.1" + addr
+		for _, flag := range []string{"--admin.listen-address=", "--metrics.listen-address="} {
+			if addr, ok := strings.CutPrefix(f, flag); ok {
+				if strings.HasPrefix(addr, ":") {
+					addr = "127.0.0.1" + addr
+				}
+				return pprof, addr, nil
 			}
-			return nil, addr, nil
 		}
 	}
 	port, err := freePort("tcp")
@@ -38,7 +44,7 @@ func (b *bench) metricsFlag(extra string) ([]string, string, error) {
 		return nil, "", err
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	return []string{"--metrics.listen-address=" + addr}, addr, nil
+	return append(pprof, "--admin.listen-address="+addr), addr, nil
 }
 
 // profiling reports whether r's run takes profiles.

@@ -31,7 +31,7 @@ func TestAgentSecretsNotServed(t *testing.T) {
 
 	p := startProxy(t, "--auth.type=jwt", "--auth.jwt.public-key="+pub)
 	a := startAgentArgs(t, p, "4711", append(agentArgs(p), "--auth.type=jwt", "--auth.jwt.token="+agentTok,
-		"--metrics.listen-address=127.0.0.1:0",
+		"--metrics.listen-address=127.0.0.1:0", "--admin.pprof",
 		// An allowlist that names the metrics address explicitly: still refused.
 		"--agent-client.host-whitelist=127.0.0.0/8,localhost")...)
 	a.waitLog(t, startTimeout, 1, "admin listening")

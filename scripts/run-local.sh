@@ -61,7 +61,7 @@ check_alive() {
   --agent-server.tls.file.cert="$dir/certs/proxy.pem" \
   --agent-server.tls.file.key="$dir/certs/proxy-key.pem" \
   --http-proxy.listen-address="localhost:$http_port" \
-  --metrics.listen-address="localhost:$metrics_port" \
+  --admin.listen-address="localhost:$metrics_port" \
   > >(tee -a "$dir/proxy.log") 2>&1 &
 names+=(proxy)
 pids+=($!)
@@ -96,6 +96,8 @@ cat <<MSG
   Try it (this one goes through agent 4711 to the proxy's own metrics endpoint, no internet needed):
 
     curl -x http://4711:noauth@localhost:$http_port http://localhost:$metrics_port/metrics
+
+  The proxy's status page: http://localhost:$metrics_port/ (and /agents, /tunnels, /readyz).
 
   or, with internet access (the agent's allowlist lets it reach only these two):
 
