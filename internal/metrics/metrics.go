@@ -30,6 +30,7 @@ type Metrics struct {
 	Tunnels         *prometheus.CounterVec // kind: connect, forward, agent, invalid; status: HTTP status code
 	TunnelBytes     *prometheus.CounterVec // direction: up (client to destination), down
 	TunnelOpen      prometheus.Histogram   // seconds to open a tunnel through an agent
+	AuditDrops      prometheus.Counter     // audit lines dropped: the audit log's buffer was full
 }
 
 // New makes and registers the collectors, plus Go and process collectors.
@@ -58,8 +59,11 @@ func New() *Metrics {
 			Help:    "Time to open a tunnel through an agent, including the agent's dial of the destination.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}),
+		AuditDrops: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "reverse_http_audit_dropped_total", Help: "Audit log lines dropped because the audit log's buffer was full (--audit.file written too slowly).",
+		}),
 	}
-	r.MustRegister(m.AgentsConnected, m.AgentSessions, m.TunnelsActive, m.Tunnels, m.TunnelBytes, m.TunnelOpen)
+	r.MustRegister(m.AgentsConnected, m.AgentSessions, m.TunnelsActive, m.Tunnels, m.TunnelBytes, m.TunnelOpen, m.AuditDrops)
 	return m
 }
 
@@ -99,6 +103,13 @@ func (m *Metrics) Bytes(up, down int64) {
 	if m != nil {
 		m.TunnelBytes.WithLabelValues("up").Add(float64(up))
 		m.TunnelBytes.WithLabelValues("down").Add(float64(down))
+	}
+}
+
+// AuditDropped counts n audit lines dropped.
+func (m *Metrics) AuditDropped(n int64) {
+	if m != nil {
+		m.AuditDrops.Add(float64(n))
 	}
 }
 
