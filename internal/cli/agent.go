@@ -9,6 +9,7 @@ import (
 
 	"github.com/reverse-http/reverse-http/internal/agent"
 	"github.com/reverse-http/reverse-http/internal/auth"
+	"github.com/reverse-http/reverse-http/internal/metrics"
 	"github.com/reverse-http/reverse-http/internal/tlsconf"
 )
 
@@ -36,6 +37,7 @@ type AgentCmd struct {
 		BlockLocal       bool          `help:"Refuse destinations that resolve to loopback, link-local, unspecified or cloud metadata addresses (169.254.169.254, fd00:ec2::254), even when a name pattern allows the name; an address or CIDR pattern inside such a range re-allows what it covers."`
 	} `embed:"" prefix:"agent-client."`
 	Metrics MetricsConfig `embed:"" prefix:"metrics."`
+	Audit   AuditConfig   `embed:"" prefix:"audit."`
 	Auth    struct {
 		Type   string `enum:"noauth,jwt" default:"noauth" help:"How the agent authenticates. One of: [noauth, jwt]."`
 		NoAuth struct {
@@ -107,10 +109,20 @@ func (c *AgentCmd) Run(e *Env) error {
 	if err != nil {
 		return flagError("agent-client", err)
 	}
+	var m *metrics.Metrics // made by the agent with --metrics.listen-address
+	if c.Metrics.ListenAddress != "" {
+		m = metrics.New()
+	}
+	auditLog, err := c.Audit.open(m, e.Log)
+	if err != nil {
+		return err
+	}
 	e.Log.Info("agent starting", "server", ac.ServerAddress, "auth", c.Auth.Type, "allowlist", allowList.String(),
 		"block_local", ac.BlockLocal)
 	a := agent.New(agent.Config{
 		MetricsAddr:      c.Metrics.ListenAddress,
+		Metrics:          m,
+		Audit:            auditLog,
 		ServerAddr:       ac.ServerAddress,
 		TLS:              tlsConf,
 		Credential:       credential,

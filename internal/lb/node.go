@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/reverse-http/reverse-http/internal/audit"
 	"github.com/reverse-http/reverse-http/internal/front"
 	"github.com/reverse-http/reverse-http/internal/metrics"
 	"github.com/reverse-http/reverse-http/internal/route"
@@ -35,6 +36,12 @@ type NodeConfig struct {
 	ForwardDialTimeout time.Duration
 	// MetricsAddr, if not empty, serves /metrics and /healthz.
 	MetricsAddr string
+	// Metrics, if not nil, is where the node records; nil: NewNode makes
+	// one.
+	Metrics *metrics.Metrics
+	// Audit, if not nil, is the audit log: the Node sets Front.Audit to
+	// it and Run runs its writer, stopped last.
+	Audit *audit.Log
 	// ShutdownTimeout bounds the stop, counted from the end of Run's
 	// context; zero means 5s.
 	ShutdownTimeout time.Duration
@@ -57,7 +64,11 @@ func NewNode(cfg NodeConfig, log *slog.Logger) *Node {
 	if cfg.ShutdownTimeout <= 0 {
 		cfg.ShutdownTimeout = 5 * time.Second
 	}
-	return &Node{cfg: cfg, log: log, metrics: metrics.New()}
+	m := cfg.Metrics
+	if m == nil {
+		m = metrics.New()
+	}
+	return &Node{cfg: cfg, log: log, metrics: m}
 }
 
 // Listen binds the client and metrics listeners. An error is a
@@ -74,6 +85,7 @@ func (n *Node) Listen() (err error) {
 	}()
 	fcfg := n.cfg.Front
 	fcfg.Metrics = n.metrics
+	fcfg.Audit = n.cfg.Audit
 	fcfg.ClusterKey = n.cfg.Key
 	fcfg.Dialer = &Forwarder{
 		Store:       n.cfg.Store,
@@ -120,7 +132,11 @@ func (n *Node) Run(ctx context.Context) error {
 	if n.metLn != nil {
 		parts = append(parts, func(ctx context.Context) error { return n.metrics.ServeListener(ctx, n.metLn, n.log) })
 	}
-	return run.Bounded(ctx, n.cfg.ShutdownTimeout, parts...)
+	// The audit log's writer stops last, once the front has drained and
+	// recorded the tunnels it closed.
+	return run.Outlast(ctx, n.cfg.Audit.Run, func(ctx context.Context) error {
+		return run.Bounded(ctx, n.cfg.ShutdownTimeout, parts...)
+	})
 }
 
 // Front is the node's client front; Listen must have succeeded.

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/reverse-http/reverse-http/internal/audit"
 	"github.com/reverse-http/reverse-http/internal/front"
 	"github.com/reverse-http/reverse-http/internal/lb"
 	"github.com/reverse-http/reverse-http/internal/metrics"
@@ -36,6 +37,12 @@ type NodeConfig struct {
 	Cluster *ClusterConfig
 	// MetricsAddr, if not empty, serves /metrics and /healthz.
 	MetricsAddr string
+	// Metrics, if not nil, is where the node records; nil: NewNode makes
+	// one.
+	Metrics *metrics.Metrics
+	// Audit, if not nil, is the audit log: the Node sets Front.Audit to
+	// it and Run runs its writer, stopped last.
+	Audit *audit.Log
 	// ShutdownTimeout bounds the whole stop, counted from the end of
 	// Run's context; zero means 5s.
 	ShutdownTimeout time.Duration
@@ -80,7 +87,11 @@ func NewNode(cfg NodeConfig, log *slog.Logger) *Node {
 	if cfg.ShutdownTimeout <= 0 {
 		cfg.ShutdownTimeout = 5 * time.Second
 	}
-	return &Node{cfg: cfg, log: log, metrics: metrics.New()}
+	m := cfg.Metrics
+	if m == nil {
+		m = metrics.New()
+	}
+	return &Node{cfg: cfg, log: log, metrics: m}
 }
 
 // Listen binds the agent, client and metrics listeners. An error is a
@@ -117,6 +128,7 @@ func (n *Node) Listen() (err error) {
 
 	fcfg := n.cfg.Front
 	fcfg.Metrics = n.metrics
+	fcfg.Audit = n.cfg.Audit
 	fcfg.Dialer = n.agents
 	if c := n.cfg.Cluster; c != nil {
 		self := c.Addr
@@ -161,6 +173,8 @@ func (n *Node) AgentAddr() net.Addr { return n.agents.Addr() }
 //     reconnect to another proxy while this one drains its clients; at the
 //     same time the node lease is withdrawn and the routes still naming
 //     this proxy are released.
+//   - The audit log's writer, if any, stops last: it writes the lines of
+//     the tunnels closed at the deadline too.
 //
 // It returns once every goroutine it started has ended, or with a
 // *run.TimeoutError if a part did not stop in time.
@@ -191,7 +205,11 @@ func (n *Node) Run(ctx context.Context) error {
 	if n.metLn != nil {
 		parts = append(parts, func(ctx context.Context) error { return n.metrics.ServeListener(ctx, n.metLn, n.log) })
 	}
-	return run.Bounded(ctx, n.cfg.ShutdownTimeout, parts...)
+	// The audit log's writer stops last, once the front has drained and
+	// recorded the tunnels it closed.
+	return run.Outlast(ctx, n.cfg.Audit.Run, func(ctx context.Context) error {
+		return run.Bounded(ctx, n.cfg.ShutdownTimeout, parts...)
+	})
 }
 
 // SelfAddress is the address a proxy whose client listener was asked for
