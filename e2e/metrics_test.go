@@ -46,6 +46,7 @@ func TestMetrics(t *testing.T) {
 		`reverse_http_tunnel_bytes_total{direction="up"}`:               eq(1000),
 		`reverse_http_tunnel_bytes_total{direction="down"}`:             eq(1000),
 		`reverse_http_tunnel_open_seconds_count`:                        eq(1),
+		`reverse_http_audit_dropped_total`:                              eq(0),
 	})
 	checkMetrics(t, "agent", agentMetrics, map[string]func(float64) bool{
 		`reverse_http_agents_connected`:                         eq(1),

@@ -23,6 +23,8 @@ import (
 
 	"github.com/reverse-http/reverse-http/internal/admin"
 	"github.com/reverse-http/reverse-http/internal/allow"
+	"github.com/reverse-http/reverse-http/internal/audit"
+	"github.com/reverse-http/reverse-http/internal/auth"
 	"github.com/reverse-http/reverse-http/internal/metrics"
 	"github.com/reverse-http/reverse-http/internal/relay"
 	"github.com/reverse-http/reverse-http/internal/run"
@@ -89,6 +91,9 @@ type Config struct {
 	BlockLocal bool
 	// Metrics, if not nil, records the connection state and tunnels.
 	Metrics *metrics.Metrics
+	// Audit, if not nil, gets one line per tunnel when it ends, refused
+	// ones included; Run runs its writer.
+	Audit *audit.Log
 	// AdminAddr, if not empty, serves the admin endpoint (health,
 	// readiness, Metrics (made if nil), /tunnels, the status page; with
 	// Pprof Go's profiler); a tunnel to that listener is refused like to
@@ -150,10 +155,15 @@ func New(cfg Config, log *slog.Logger) *Agent {
 const healthyAfter = 30 * time.Second
 
 // Run serves the admin endpoint, if any, and connects, serves tunnels
-// and reconnects until ctx ends. It returns after every goroutine it
-// started has ended. Failing to bind the admin listener is a
-// *run.ListenError for "admin".
+// and reconnects until ctx ends; the audit log's writer, if any, runs
+// until all of that has ended. It returns after every goroutine it started
+// has ended. Failing to bind the admin listener is a *run.ListenError for
+// "admin".
 func (a *Agent) Run(ctx context.Context) error {
+	return run.Outlast(ctx, a.cfg.Audit.Run, a.run)
+}
+
+func (a *Agent) run(ctx context.Context) error {
 	if a.cfg.AdminAddr == "" {
 		return a.connect(ctx)
 	}
@@ -266,6 +276,7 @@ func (a *Agent) session(ctx context.Context) (time.Duration, error) {
 		return 0, err
 	}
 	up := time.Now()
+	agentID := auth.CredentialAgentID(cred)
 	a.cfg.Metrics.Agents(1)
 	defer a.cfg.Metrics.Agents(-1)
 	a.connected.Store(true)
@@ -284,7 +295,7 @@ func (a *Agent) session(ctx context.Context) (time.Duration, error) {
 			defer wg.Done()
 			// The relay runs in goroutines of its own; this one, whose
 			// stack grew deep in the dial, ends.
-			if relay := a.tunnel(ctx, conn, stream); relay != nil {
+			if relay := a.tunnel(ctx, conn, stream, agentID); relay != nil {
 				wg.Add(1)
 				relay(wg.Done)
 			}
@@ -341,13 +352,14 @@ func (a *Agent) authenticate(ctx context.Context, conn *quic.Conn, cred string) 
 // tunnel answers one stream opened by the proxy. When the destination is
 // dialed, it returns the function that starts relaying the tunnel; that
 // calls ended once the tunnel is closed.
-func (a *Agent) tunnel(ctx context.Context, conn *quic.Conn, stream *quic.Stream) (startRelay func(ended func())) {
+func (a *Agent) tunnel(ctx context.Context, conn *quic.Conn, stream *quic.Stream, agentID string) (startRelay func(ended func())) {
 	start := time.Now()
 	stream.SetReadDeadline(start.Add(a.cfg.DialTimeout))
 	br := bufio.NewReaderSize(stream, 1024)
 	target, err := wire.ReadConnect(br)
 	if err != nil {
 		a.refuse(stream, http.StatusBadRequest, err.Error(), target)
+		a.audit(agentID, target, "", start, http.StatusBadRequest, err.Error(), relay.Result{})
 		return nil
 	}
 	stream.SetReadDeadline(time.Time{})
@@ -359,12 +371,15 @@ func (a *Agent) tunnel(ctx context.Context, conn *quic.Conn, stream *quic.Stream
 			reason = we.Reason
 		}
 		a.refuse(stream, wire.Status(err), reason, target)
+		a.audit(agentID, target, "", start, wire.Status(err), reason, relay.Result{})
 		return nil
 	}
+	dialed := dest.RemoteAddr().String()
 	if err := wire.WriteOK(stream); err != nil {
 		dest.Close()
 		stream.CancelRead(wire.StreamCodeAbort)
 		stream.CancelWrite(wire.StreamCodeAbort)
+		a.audit(agentID, target, dialed, start, http.StatusOK, "", relay.Result{Err: fmt.Errorf("proxy gone: %w", err)})
 		return nil
 	}
 	a.cfg.Metrics.Request("agent", http.StatusOK)
@@ -383,8 +398,22 @@ func (a *Agent) tunnel(ctx context.Context, conn *quic.Conn, stream *quic.Stream
 			a.log.Info("tunnel closed", "destination", target, "address", dest.RemoteAddr().String(),
 				"bytes_up", res.AToB, "bytes_down", res.BToA,
 				"duration", time.Since(start).Round(time.Millisecond).String(), "outcome", outcome)
+			a.audit(agentID, target, dialed, start, http.StatusOK, "", res)
 		}))
 	}
+}
+
+// audit records a tunnel that ended, or was refused with status.
+func (a *Agent) audit(agentID, target, dialed string, start time.Time, status int, reason string, res relay.Result) {
+	if a.cfg.Audit == nil {
+		return
+	}
+	if res.Err != nil {
+		reason = res.Err.Error()
+	}
+	a.cfg.Audit.Record(audit.Entry{Agent: agentID, Method: http.MethodConnect, Destination: target, Dialed: dialed,
+		Status: status, Outcome: wire.Outcome(status), Reason: reason,
+		BytesUp: res.AToB, BytesDown: res.BToA, Duration: time.Since(start)})
 }
 
 func (a *Agent) refuse(stream *quic.Stream, status int, reason, target string) {

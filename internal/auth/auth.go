@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/golang-jwt/jwt/v5"
 )
 
 // Roles a token can carry, and the issuer every token is signed with.
@@ -182,4 +184,19 @@ func quoteIfOdd(s string) string {
 		s = s[:maxAgentIDLen]
 	}
 	return fmt.Sprintf("%q", s)
+}
+
+// CredentialAgentID is the agent ID an agent's own credential names: the
+// credential itself (noauth), or the agent_id of its JWT, read without
+// verifying it (the proxy does that). It is for the agent's own logs; ""
+// if a JWT cannot be read.
+func CredentialAgentID(credential string) string {
+	if !looksLikeJWT(credential) {
+		return credential
+	}
+	var c Claims
+	if _, _, err := jwt.NewParser().ParseUnverified(credential, &c); err != nil {
+		return ""
+	}
+	return c.AgentID
 }

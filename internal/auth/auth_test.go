@@ -1,6 +1,9 @@
 package auth
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"errors"
 	"strings"
 	"testing"
@@ -143,5 +146,21 @@ func TestSignRefusesUnselectableAgentID(t *testing.T) {
 	kp := algKeys()[0]
 	if _, err := Sign(kp.key, TokenOptions{AgentID: "a:b", Role: RoleAgent, Duration: time.Hour}); err == nil || !strings.Contains(err.Error(), "contains ':'") {
 		t.Fatalf("Sign with agent ID a:b: %v, want refused", err)
+	}
+}
+
+func TestCredentialAgentID(t *testing.T) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := Sign(key, TokenOptions{AgentID: "4711", Role: RoleAgent, Duration: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for cred, want := range map[string]string{"4711": "4711", tok: "4711", "a.b.c": ""} {
+		if got := CredentialAgentID(cred); got != want {
+			t.Errorf("CredentialAgentID(%.20q) = %q, want %q", cred, got, want)
+		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/reverse-http/reverse-http/internal/agent"
 	"github.com/reverse-http/reverse-http/internal/auth"
+	"github.com/reverse-http/reverse-http/internal/metrics"
 	"github.com/reverse-http/reverse-http/internal/tlsconf"
 )
 
@@ -37,6 +38,7 @@ type AgentCmd struct {
 	} `embed:"" prefix:"agent-client."`
 	Metrics MetricsConfig `embed:"" prefix:"metrics."`
 	Admin   AdminConfig   `embed:"" prefix:"admin."`
+	Audit   AuditConfig   `embed:"" prefix:"audit."`
 	Auth    struct {
 		Type   string `enum:"noauth,jwt" default:"noauth" help:"How the agent authenticates. One of: [noauth, jwt]."`
 		NoAuth struct {
@@ -116,11 +118,21 @@ func (c *AgentCmd) Run(e *Env) error {
 	if c.Auth.Type != "jwt" {
 		agentID = c.Auth.NoAuth.AgentID
 	}
+	var m *metrics.Metrics // made by the agent with an admin endpoint
+	if adminAddr != "" {
+		m = metrics.New()
+	}
+	auditLog, err := c.Audit.open(m, e.Log)
+	if err != nil {
+		return err
+	}
 	e.Log.Info("agent starting", "server", ac.ServerAddress, "auth", c.Auth.Type, "allowlist", allowList.String(),
 		"block_local", ac.BlockLocal)
 	a := agent.New(agent.Config{
 		AdminAddr:        adminAddr,
 		Pprof:            c.Admin.Pprof,
+		Metrics:          m,
+		Audit:            auditLog,
 		ServerAddr:       ac.ServerAddress,
 		ID:               agentID,
 		TLS:              tlsConf,

@@ -5,6 +5,7 @@ import (
 
 	"github.com/reverse-http/reverse-http/internal/front"
 	"github.com/reverse-http/reverse-http/internal/lb"
+	"github.com/reverse-http/reverse-http/internal/metrics"
 )
 
 // LBCmd is `reverse-http lb`: the client front end of an HA cluster. It
@@ -23,6 +24,7 @@ type LBCmd struct {
 	Auth    AuthVerifier  `embed:"" prefix:"auth."`
 	Metrics MetricsConfig `embed:"" prefix:"metrics."`
 	Admin   AdminConfig   `embed:"" prefix:"admin."`
+	Audit   AuditConfig   `embed:"" prefix:"audit."`
 	Store   struct {
 		Type       string          `enum:"memcached" default:"memcached" help:"Route store. One of: [memcached]."`
 		ClusterKey string          `name:"cluster-key" placeholder:"FILE" help:"File with the cluster's shared secret: routes are followed only to proxies whose node lease it verifies. Same file on every proxy and lb."`
@@ -67,6 +69,11 @@ func (c *LBCmd) Run(e *Env) error {
 	if err != nil {
 		return err
 	}
+	m := metrics.New()
+	auditLog, err := c.Audit.open(m, e.Log)
+	if err != nil {
+		return err
+	}
 	n := lb.NewNode(lb.NodeConfig{
 		Front:              c.Limits.frontConfig(c.HTTPLimits, front.Config{Auth: cs.auth, Allow: cs.allow}),
 		HTTPAddr:           c.HTTPProxy.ListenAddress,
@@ -77,6 +84,8 @@ func (c *LBCmd) Run(e *Env) error {
 		ForwardDialTimeout: c.HTTPConnector.DialTimeout,
 		AdminAddr:          adminAddr,
 		Pprof:              c.Admin.Pprof,
+		Metrics:            m,
+		Audit:              auditLog,
 		ShutdownTimeout:    c.ShutdownTimeout,
 	}, e.Log)
 	if err := n.Listen(); err != nil {

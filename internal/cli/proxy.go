@@ -16,6 +16,7 @@ import (
 	"github.com/reverse-http/reverse-http/internal/allow"
 	"github.com/reverse-http/reverse-http/internal/auth"
 	"github.com/reverse-http/reverse-http/internal/front"
+	"github.com/reverse-http/reverse-http/internal/metrics"
 	"github.com/reverse-http/reverse-http/internal/proxy"
 	"github.com/reverse-http/reverse-http/internal/route"
 	"github.com/reverse-http/reverse-http/internal/run"
@@ -98,6 +99,7 @@ type ProxyCmd struct {
 	Auth    AuthVerifier  `embed:"" prefix:"auth."`
 	Metrics MetricsConfig `embed:"" prefix:"metrics."`
 	Admin   AdminConfig   `embed:"" prefix:"admin."`
+	Audit   AuditConfig   `embed:"" prefix:"audit."`
 	Store   struct {
 		Type             string          `enum:"none,memcached" default:"none" help:"Route store for HA. One of: [none, memcached]."`
 		HTTPProxyAddress string          `name:"http-proxy-address" help:"Address this proxy registers for its agents; other nodes forward clients there (default: the HTTP proxy listen address, with this host's name if it has no host)."`
@@ -279,7 +281,11 @@ func (c *ProxyCmd) Run(e *Env) error {
 		HTTPTLS:         proxyTLS,
 		AdminAddr:       adminAddr,
 		Pprof:           c.Admin.Pprof,
+		Metrics:         metrics.New(),
 		ShutdownTimeout: c.ShutdownTimeout,
+	}
+	if cfg.Audit, err = c.Audit.open(cfg.Metrics, e.Log); err != nil {
+		return err
 	}
 	if c.Store.Type == "memcached" {
 		if a := c.Store.HTTPProxyAddress; a != "" {

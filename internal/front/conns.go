@@ -10,6 +10,9 @@ import (
 	"strconv"
 	"sync/atomic"
 	"time"
+
+	"github.com/reverse-http/reverse-http/internal/audit"
+	"github.com/reverse-http/reverse-http/internal/wire"
 )
 
 // net/http answers some requests before any handler sees them: a header
@@ -103,6 +106,8 @@ func (c *watchConn) handshakeFailed(err error) {
 		c.h.cfg.Metrics.Request("invalid", http.StatusBadRequest)
 		c.h.log.Info("request refused", "client", c.RemoteAddr().String(), "status", http.StatusBadRequest,
 			"reason", "plain HTTP sent to the TLS proxy port")
+		c.h.cfg.Audit.Record(audit.Entry{Client: c.RemoteAddr().String(), Status: http.StatusBadRequest,
+			Outcome: wire.Outcome(http.StatusBadRequest), Reason: "plain HTTP sent to the TLS proxy port"})
 		return
 	}
 	c.h.log.Debug("TLS handshake error", "client", c.RemoteAddr().String(), "error", err)
@@ -182,6 +187,7 @@ func (c *watchConn) refused(status int, reason string) {
 	c.h.cfg.Metrics.Request("invalid", status)
 	c.h.log.Info("request refused", "client", c.RemoteAddr().String(), "status", status, "reason", reason,
 		"header_bytes", c.pending.Load())
+	c.h.cfg.Audit.Record(audit.Entry{Client: c.RemoteAddr().String(), Status: status, Outcome: wire.Outcome(status), Reason: reason})
 }
 
 // enter and leave bracket a handler running on the connection.

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/reverse-http/reverse-http/internal/allow"
+	"github.com/reverse-http/reverse-http/internal/audit"
 	"github.com/reverse-http/reverse-http/internal/auth"
 	"github.com/reverse-http/reverse-http/internal/metrics"
 	"github.com/reverse-http/reverse-http/internal/relay"
@@ -63,6 +64,9 @@ type Config struct {
 	Dialer Dialer
 	// Metrics, if not nil, records requests and tunnels.
 	Metrics *metrics.Metrics
+	// Audit, if not nil, gets one line per tunnel and absolute-form
+	// request when it ends, refused ones included.
+	Audit *audit.Log
 
 	// MaxTunnelsPerClient is how many CONNECT tunnels and absolute-form
 	// requests one client IP address may have open at once; past it the
@@ -168,15 +172,16 @@ func (h *Handler) Forget(agentID string) { h.transports.forget(agentID) }
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.open.running.Add(1)
 	defer h.open.running.Add(-1)
+	start := time.Now()
 	target, err := destination(r)
 	if err != nil {
-		h.fail(w, r, "", target, http.StatusBadRequest, err.Error())
+		h.fail(w, r, start, "", target, http.StatusBadRequest, err.Error())
 		return
 	}
 	agentID, err := h.authenticate(r)
 	if err != nil {
 		w.Header().Set("Proxy-Authenticate", `Basic realm="reverse-http"`)
-		h.fail(w, r, agentID, target, http.StatusProxyAuthRequired, err.Error())
+		h.fail(w, r, start, agentID, target, http.StatusProxyAuthRequired, err.Error())
 		return
 	}
 	r = r.WithContext(context.WithValue(r.Context(), clientKey{}, client{
@@ -185,14 +190,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}))
 	host, port, _ := wire.SplitHostPort(target)
 	if !h.cfg.Allow.Allowed(host, port) {
-		h.fail(w, r, agentID, target, http.StatusForbidden, "destination "+target+" is not allowed by the proxy's allowlist")
+		h.fail(w, r, start, agentID, target, http.StatusForbidden, "destination "+target+" is not allowed by the proxy's allowlist")
 		return
 	}
 	release := func() {}
 	if h.clients != nil && !h.countedElsewhere(r, agentID, target) {
 		addr := clientAddr(r.RemoteAddr)
 		if !h.clients.acquire(addr) {
-			h.fail(w, r, agentID, target, http.StatusTooManyRequests, fmt.Sprintf(
+			h.fail(w, r, start, agentID, target, http.StatusTooManyRequests, fmt.Sprintf(
 				"client %s has %d tunnels and requests open, its limit (--limits.tunnels-per-client)", addr, h.cfg.MaxTunnelsPerClient))
 			return
 		}
@@ -271,7 +276,7 @@ func (h *Handler) authenticate(r *http.Request) (string, error) {
 }
 
 // fail answers with a status and a one-line plain-text reason, and logs it.
-func (h *Handler) fail(w http.ResponseWriter, r *http.Request, agentID, target string, status int, reason string) {
+func (h *Handler) fail(w http.ResponseWriter, r *http.Request, start time.Time, agentID, target string, status int, reason string) {
 	kind := "forward"
 	if r.Method == http.MethodConnect {
 		kind = "connect"
@@ -279,6 +284,8 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, agentID, target s
 	h.cfg.Metrics.Request(kind, status)
 	h.log.Info("request refused", "agent", clip(agentID), "client", r.RemoteAddr, "method", r.Method,
 		"destination", clip(target), "status", status, "reason", reason)
+	h.cfg.Audit.Record(audit.Entry{Agent: agentID, Client: r.RemoteAddr, Method: r.Method, Destination: target,
+		Status: status, Outcome: wire.Outcome(status), Reason: reason, Duration: time.Since(start)})
 	// Bytes pipelined behind a refused CONNECT are not a request, and a
 	// client that failed to authenticate or sent garbage is not kept.
 	closeConn := r.Method == http.MethodConnect || status == http.StatusProxyAuthRequired || status == http.StatusBadRequest
@@ -320,7 +327,7 @@ func (h *Handler) connect(w http.ResponseWriter, r *http.Request, agentID, targe
 	tunnel, err := h.cfg.Dialer.Dial(context.WithoutCancel(r.Context()), agentID, target)
 	if err != nil {
 		release()
-		h.fail(w, r, agentID, target, wire.Status(err), err.Error())
+		h.fail(w, r, start, agentID, target, wire.Status(err), err.Error())
 		return
 	}
 	h.cfg.Metrics.Opened(time.Since(start))
@@ -331,7 +338,7 @@ func (h *Handler) connect(w http.ResponseWriter, r *http.Request, agentID, targe
 	if err != nil {
 		tunnel.Close()
 		release()
-		h.fail(w, r, agentID, target, http.StatusInternalServerError, "cannot take over the connection: "+err.Error())
+		h.fail(w, r, start, agentID, target, http.StatusInternalServerError, "cannot take over the connection: "+err.Error())
 		return
 	}
 	conn.SetDeadline(time.Time{})
@@ -339,6 +346,8 @@ func (h *Handler) connect(w http.ResponseWriter, r *http.Request, agentID, targe
 		tunnel.Close()
 		conn.Close()
 		release()
+		h.cfg.Metrics.Closed(0, 0)
+		h.logTunnel(agentID, r.RemoteAddr, target, "CONNECT", start, relay.Result{Err: fmt.Errorf("client gone: %w", err)})
 		return
 	}
 	// The relay runs in goroutines of its own and this one, whose stack
@@ -379,6 +388,12 @@ func (h *Handler) logTunnel(agentID, client, target, method string, start time.T
 	h.log.Info("tunnel closed", "agent", agentID, "client", client, "method", method, "destination", target,
 		"bytes_up", res.AToB, "bytes_down", res.BToA,
 		"duration", time.Since(start).Round(time.Millisecond).String(), "outcome", outcome)
+	e := audit.Entry{Agent: agentID, Client: client, Method: method, Destination: target,
+		Status: http.StatusOK, Outcome: wire.OutcomeOK, BytesUp: res.AToB, BytesDown: res.BToA, Duration: time.Since(start)}
+	if res.Err != nil {
+		e.Reason = res.Err.Error()
+	}
+	h.cfg.Audit.Record(e)
 }
 
 // forward serves an absolute-form request through the agent, reusing
@@ -433,6 +448,14 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, agentID, targe
 			h.cfg.Metrics.Bytes(u.up.Load(), u.down.Load())
 		}
 		h.log.Info("request forwarded", attrs...)
+		// The origin's status, if it answered, is not the proxy's outcome.
+		proxyStatus := http.StatusOK
+		if sw.reason != "" {
+			proxyStatus = sw.status
+		}
+		h.cfg.Audit.Record(audit.Entry{Agent: agentID, Client: r.RemoteAddr, Method: r.Method, Destination: target,
+			Status: sw.status, Outcome: wire.Outcome(proxyStatus), Reason: sw.reason,
+			BytesUp: up, BytesDown: down, Duration: time.Since(start)})
 	}()
 	errorHandler := func(w http.ResponseWriter, r *http.Request, err error) {
 		status := wire.Status(err)

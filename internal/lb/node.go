@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/reverse-http/reverse-http/internal/admin"
+	"github.com/reverse-http/reverse-http/internal/audit"
 	"github.com/reverse-http/reverse-http/internal/front"
 	"github.com/reverse-http/reverse-http/internal/metrics"
 	"github.com/reverse-http/reverse-http/internal/route"
@@ -40,6 +41,12 @@ type NodeConfig struct {
 	// Go's profiler.
 	AdminAddr string
 	Pprof     bool
+	// Metrics, if not nil, is where the node records; nil: NewNode makes
+	// one.
+	Metrics *metrics.Metrics
+	// Audit, if not nil, is the audit log: the Node sets Front.Audit to
+	// it and Run runs its writer, stopped last.
+	Audit *audit.Log
 	// ShutdownTimeout bounds the stop, counted from the end of Run's
 	// context; zero means 5s.
 	ShutdownTimeout time.Duration
@@ -63,7 +70,11 @@ func NewNode(cfg NodeConfig, log *slog.Logger) *Node {
 	if cfg.ShutdownTimeout <= 0 {
 		cfg.ShutdownTimeout = 5 * time.Second
 	}
-	return &Node{cfg: cfg, log: log, metrics: metrics.New()}
+	m := cfg.Metrics
+	if m == nil {
+		m = metrics.New()
+	}
+	return &Node{cfg: cfg, log: log, metrics: m}
 }
 
 // Listen binds the client and metrics listeners. An error is a
@@ -81,6 +92,7 @@ func (n *Node) Listen() (err error) {
 	n.cfg.Store.Observe(n.metrics.StoreOp)
 	fcfg := n.cfg.Front
 	fcfg.Metrics = n.metrics
+	fcfg.Audit = n.cfg.Audit
 	fcfg.ClusterKey = n.cfg.Key
 	fcfg.Dialer = &Forwarder{
 		Store:       n.cfg.Store,
@@ -135,7 +147,11 @@ func (n *Node) Run(ctx context.Context) error {
 	n.serving.Store(true)
 	stopServing := context.AfterFunc(ctx, func() { n.serving.Store(false) })
 	defer stopServing()
-	return run.Bounded(ctx, n.cfg.ShutdownTimeout, parts...)
+	// The audit log's writer stops last, once the front has drained and
+	// recorded the tunnels it closed.
+	return run.Outlast(ctx, n.cfg.Audit.Run, func(ctx context.Context) error {
+		return run.Bounded(ctx, n.cfg.ShutdownTimeout, parts...)
+	})
 }
 
 // Ready reports why the node cannot do its job now, or nil: it serves,

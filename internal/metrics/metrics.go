@@ -28,6 +28,7 @@ type Metrics struct {
 	StoreOps         *prometheus.CounterVec // op: get, get_multi, set, add, touch, cas, delete
 	StoreErrors      *prometheus.CounterVec // op, as StoreOps
 	BuildInfo        *prometheus.GaugeVec   // version, commit, go_version; always 1
+	AuditDrops       prometheus.Counter     // audit lines dropped: the audit log's buffer was full
 }
 
 // Build information for the build-info gauge; the command line sets it
@@ -75,10 +76,13 @@ func New() *Metrics {
 		BuildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "reverse_http_build_info", Help: "Always 1; the labels say which build runs.",
 		}, []string{"version", "commit", "go_version"}),
+		AuditDrops: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "reverse_http_audit_dropped_total", Help: "Audit log lines dropped because the audit log's buffer was full (--audit.file written too slowly).",
+		}),
 	}
 	m.BuildInfo.WithLabelValues(Version, Commit, runtime.Version()).Set(1)
 	r.MustRegister(m.AgentsConnected, m.AgentConnections, m.TunnelsOpen, m.Tunnels, m.TunnelBytes, m.TunnelOpen,
-		m.TunnelsForwarded, m.StoreOps, m.StoreErrors, m.BuildInfo)
+		m.TunnelsForwarded, m.StoreOps, m.StoreErrors, m.BuildInfo, m.AuditDrops)
 	return m
 }
 
@@ -135,6 +139,13 @@ func (m *Metrics) Bytes(up, down int64) {
 	if m != nil {
 		m.TunnelBytes.WithLabelValues("up").Add(float64(up))
 		m.TunnelBytes.WithLabelValues("down").Add(float64(down))
+	}
+}
+
+// AuditDropped counts n audit lines dropped.
+func (m *Metrics) AuditDropped(n int64) {
+	if m != nil {
+		m.AuditDrops.Add(float64(n))
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/reverse-http/reverse-http/internal/admin"
+	"github.com/reverse-http/reverse-http/internal/audit"
 	"github.com/reverse-http/reverse-http/internal/front"
 	"github.com/reverse-http/reverse-http/internal/lb"
 	"github.com/reverse-http/reverse-http/internal/metrics"
@@ -41,6 +42,12 @@ type NodeConfig struct {
 	// Pprof also Go's profiler.
 	AdminAddr string
 	Pprof     bool
+	// Metrics, if not nil, is where the node records; nil: NewNode makes
+	// one.
+	Metrics *metrics.Metrics
+	// Audit, if not nil, is the audit log: the Node sets Front.Audit to
+	// it and Run runs its writer, stopped last.
+	Audit *audit.Log
 	// ShutdownTimeout bounds the whole stop, counted from the end of
 	// Run's context; zero means 5s.
 	ShutdownTimeout time.Duration
@@ -86,7 +93,11 @@ func NewNode(cfg NodeConfig, log *slog.Logger) *Node {
 	if cfg.ShutdownTimeout <= 0 {
 		cfg.ShutdownTimeout = 5 * time.Second
 	}
-	return &Node{cfg: cfg, log: log, metrics: metrics.New()}
+	m := cfg.Metrics
+	if m == nil {
+		m = metrics.New()
+	}
+	return &Node{cfg: cfg, log: log, metrics: m}
 }
 
 // Listen binds the agent, client and metrics listeners. An error is a
@@ -123,6 +134,7 @@ func (n *Node) Listen() (err error) {
 
 	fcfg := n.cfg.Front
 	fcfg.Metrics = n.metrics
+	fcfg.Audit = n.cfg.Audit
 	fcfg.Dialer = n.agents
 	if c := n.cfg.Cluster; c != nil {
 		c.Store.Observe(n.metrics.StoreOp)
@@ -188,6 +200,8 @@ func (n *Node) AgentAddr() net.Addr { return n.agents.Addr() }
 //     reconnect to another proxy while this one drains its clients; at the
 //     same time the node lease is withdrawn and the routes still naming
 //     this proxy are released.
+//   - The audit log's writer, if any, stops last: it writes the lines of
+//     the tunnels closed at the deadline too.
 //
 // It returns once every goroutine it started has ended, or with a
 // *run.TimeoutError if a part did not stop in time.
@@ -226,7 +240,11 @@ func (n *Node) Run(ctx context.Context) error {
 	n.serving.Store(true)
 	stopServing := context.AfterFunc(ctx, func() { n.serving.Store(false) })
 	defer stopServing()
-	return run.Bounded(ctx, n.cfg.ShutdownTimeout, parts...)
+	// The audit log's writer stops last, once the front has drained and
+	// recorded the tunnels it closed.
+	return run.Outlast(ctx, n.cfg.Audit.Run, func(ctx context.Context) error {
+		return run.Bounded(ctx, n.cfg.ShutdownTimeout, parts...)
+	})
 }
 
 // SelfAddress is the address a proxy whose client listener was asked for

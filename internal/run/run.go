@@ -34,6 +34,23 @@ func All(ctx context.Context, parts ...func(context.Context) error) error {
 	return first
 }
 
+// Outlast runs last alongside body, and ends last's context only once
+// body has returned, so that last sees everything body did (the audit
+// log's writer writes the lines of the tunnels body closed at its end).
+// Then it waits for last. It returns body's error, else last's.
+func Outlast(ctx context.Context, last, body func(context.Context) error) error {
+	lastCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	defer stop()
+	done := make(chan error, 1)
+	go func() { done <- last(lastCtx) }()
+	err := body(ctx)
+	stop()
+	if lerr := <-done; err == nil {
+		err = lerr
+	}
+	return err
+}
+
 // TimeoutError is returned by Bounded when the parts did not stop in time.
 type TimeoutError struct{ Timeout time.Duration }
 

@@ -38,3 +38,36 @@ func TestBoundedGivesUp(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Outlast ends last's context only after body returned, and waits for it.
+func TestOutlast(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var order []string
+	bodyDone := make(chan struct{})
+	errBody := errors.New("body")
+	go func() { time.Sleep(10 * time.Millisecond); cancel() }()
+	err := Outlast(ctx,
+		func(ctx context.Context) error {
+			<-ctx.Done()
+			select {
+			case <-bodyDone:
+				order = append(order, "last")
+			default:
+				t.Error("last's context ended before body returned")
+			}
+			return nil
+		},
+		func(ctx context.Context) error {
+			<-ctx.Done()
+			time.Sleep(20 * time.Millisecond) // draining
+			order = append(order, "body")
+			close(bodyDone)
+			return errBody
+		})
+	if !errors.Is(err, errBody) {
+		t.Errorf("Outlast = %v, want body's error", err)
+	}
+	if len(order) != 2 || order[0] != "body" || order[1] != "last" {
+		t.Errorf("order %v, want [body last]", order)
+	}
+}
