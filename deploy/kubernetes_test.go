@@ -183,9 +183,6 @@ func checkDeployment(t *testing.T, m *manifests, d *appsv1.Deployment, roles map
 			if v, ok := strings.CutPrefix(a, "--admin.listen-address="); ok {
 				admin = v[strings.LastIndex(v, ":")+1:]
 			}
-			if strings.HasPrefix(a, "--metrics.listen-address") {
-				t.Errorf("container %s: %s: use --admin.listen-address (--metrics.listen-address is its alias, kept for old command lines)", c.Name, a)
-			}
 		}
 		if admin == "" {
 			t.Errorf("container %s: no --admin.listen-address, which serves the probes' /healthz and /readyz", c.Name)

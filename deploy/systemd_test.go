@@ -175,6 +175,9 @@ func TestSystemdConfigKeys(t *testing.T) {
 			if _, ok := known[k]; !ok {
 				t.Errorf("%s: %q is not a flag of reverse-http %s", key, k, key)
 			}
+			if alias, ok := aliases[k]; ok {
+				t.Errorf("%s: %q is kept for old configs: use %q", key, k, alias)
+			}
 			s, _ := val.(string)
 			if m := cred.FindStringSubmatch(s); m != nil {
 				u := unit(t, filepath.Join(repoRoot, "deploy/systemd", m[1]))
