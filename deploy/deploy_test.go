@@ -119,8 +119,13 @@ func flags(t *testing.T, command string) map[string]Flag {
 // commands are the reverse-http commands that the artifacts run.
 var commands = map[string]bool{"proxy": true, "agent": true, "lb": true, "certs": true, "version": true}
 
+// aliases are flags kept for compatibility, which the artifacts do not
+// use, with the flag to use instead.
+var aliases = map[string]string{"metrics.listen-address": "admin.listen-address"}
+
 // checkArgs checks a reverse-http command line (without the program name):
-// its first word is a known command and every --flag is one of its flags.
+// its first word is a known command and every --flag is one of its flags,
+// not an alias.
 // where says where the command line is, for the error.
 func checkArgs(t *testing.T, where string, args []string) {
 	t.Helper()
@@ -136,6 +141,9 @@ func checkArgs(t *testing.T, where string, args []string) {
 		name, _, _ := strings.Cut(strings.TrimPrefix(a, "--"), "=")
 		if _, ok := known[name]; !ok {
 			t.Errorf("%s: reverse-http %s has no flag --%s (see reverse-http %s --help)", where, args[0], name, args[0])
+		}
+		if alias, ok := aliases[name]; ok {
+			t.Errorf("%s: --%s is kept for old command lines: use --%s", where, name, alias)
 		}
 	}
 }
@@ -189,7 +197,9 @@ func TestFlagsFromHelp(t *testing.T) {
 	for _, tc := range []struct{ command, flag, def string }{
 		{"proxy", "agent-server.listen-address", ":4242"},
 		{"proxy", "http-proxy.listen-address", ":3128"},
-		{"proxy", "metrics.listen-address", ""},
+		{"proxy", "admin.listen-address", ""},
+		{"lb", "admin.listen-address", ""},
+		{"agent", "admin.listen-address", ""},
 		{"lb", "http-proxy.listen-address", ":3129"},
 		{"agent", "agent-client.block-local", ""},
 		{"certs", "dir", ""},

@@ -178,21 +178,29 @@ func checkDeployment(t *testing.T, m *manifests, d *appsv1.Deployment, roles map
 		}
 		role := c.Args[0]
 		roles[role] = true
-		metrics := ""
+		admin := ""
 		for _, a := range c.Args {
-			if v, ok := strings.CutPrefix(a, "--metrics.listen-address="); ok {
-				metrics = v[strings.LastIndex(v, ":")+1:]
+			if v, ok := strings.CutPrefix(a, "--admin.listen-address="); ok {
+				admin = v[strings.LastIndex(v, ":")+1:]
 			}
 		}
-		if metrics == "" {
-			t.Errorf("container %s: no --metrics.listen-address, which serves the probes' /healthz", c.Name)
+		if admin == "" {
+			t.Errorf("container %s: no --admin.listen-address, which serves the probes' /healthz and /readyz", c.Name)
 		}
-		if p, ok := ports["metrics"]; !ok || itoa(p.ContainerPort) != metrics {
-			t.Errorf("container %s: port \"metrics\" %+v is not --metrics.listen-address's port %s", c.Name, p, metrics)
+		if p, ok := ports["admin"]; !ok || itoa(p.ContainerPort) != admin {
+			t.Errorf("container %s: port \"admin\" %+v is not --admin.listen-address's port %s", c.Name, p, admin)
 		}
-		for _, probe := range []*corev1.Probe{c.ReadinessProbe, c.LivenessProbe} {
-			if probe == nil || probe.HTTPGet == nil || probe.HTTPGet.Path != "/healthz" || probe.HTTPGet.Port != intstr.FromString("metrics") {
-				t.Errorf("container %s: probe %+v, want GET /healthz on port metrics", c.Name, probe)
+		// Liveness: the process answers (/healthz); readiness: it can do
+		// its job (/readyz). Liveness on /readyz would restart every pod
+		// when memcached or the proxy is down.
+		for _, pc := range []struct {
+			name  string
+			probe *corev1.Probe
+			path  string
+		}{{"liveness", c.LivenessProbe, "/healthz"}, {"readiness", c.ReadinessProbe, "/readyz"}} {
+			p := pc.probe
+			if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != pc.path || p.HTTPGet.Port != intstr.FromString("admin") {
+				t.Errorf("container %s: %s probe %+v, want GET %s on port admin", c.Name, pc.name, p, pc.path)
 			}
 		}
 		listen := map[string]string{"proxy": "http-proxy.listen-address", "lb": "http-proxy.listen-address"}

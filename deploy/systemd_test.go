@@ -3,6 +3,7 @@ package deploy
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -91,6 +92,17 @@ func TestSystemdUnits(t *testing.T) {
 			if u["Install"]["WantedBy"] == nil {
 				t.Error("no [Install] WantedBy=")
 			}
+			// The readiness check the unit's comment gives is on the admin
+			// address the example config sets for the role.
+			b, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			section, _ := exampleConfig(t)[role].(map[string]any)
+			want := "curl -fsS http://" + fmt.Sprint(section["admin.listen-address"]) + "/readyz"
+			if !strings.Contains(string(b), want) {
+				t.Errorf("the comment does not say how to check readiness: want %q", want)
+			}
 		})
 	}
 	for _, role := range []string{"proxy", "agent", "lb"} {
@@ -163,6 +175,9 @@ func TestSystemdConfigKeys(t *testing.T) {
 			if _, ok := known[k]; !ok {
 				t.Errorf("%s: %q is not a flag of reverse-http %s", key, k, key)
 			}
+			if alias, ok := aliases[k]; ok {
+				t.Errorf("%s: %q is kept for old configs: use %q", key, k, alias)
+			}
 			s, _ := val.(string)
 			if m := cred.FindStringSubmatch(s); m != nil {
 				u := unit(t, filepath.Join(repoRoot, "deploy/systemd", m[1]))
@@ -181,7 +196,8 @@ func TestSystemdConfigKeys(t *testing.T) {
 // TestSystemdConfigRuns starts a proxy and an agent from the example
 // config.yaml, as the units do (--config), with its addresses moved to free
 // loopback ports and its credential paths to a fresh CA, and waits until
-// the agent is connected: the file is not only well-formed, it works.
+// the agent's /readyz says it is connected: the file is not only
+// well-formed, it works, and the units' readiness check is the right one.
 func TestSystemdConfigRuns(t *testing.T) {
 	bin := binary(t)
 	dir := t.TempDir()
@@ -202,8 +218,8 @@ func TestSystemdConfigRuns(t *testing.T) {
 	}
 	agentAddr := udp.LocalAddr().String()
 	httpAddr, closeHTTP := tcp()
-	proxyMetrics, closePM := tcp()
-	agentMetrics, closeAM := tcp()
+	proxyAdmin, closePM := tcp()
+	agentAdmin, closeAM := tcp()
 
 	b, err := os.ReadFile(filepath.Join(repoRoot, "deploy/systemd/config.yaml"))
 	if err != nil {
@@ -216,8 +232,8 @@ func TestSystemdConfigRuns(t *testing.T) {
 		`"proxy.example.com:4242"`:                     `"` + agentAddr + `"`,
 		`agent-server.listen-address: ":4242"`:         `agent-server.listen-address: "` + agentAddr + `"`,
 		`http-proxy.listen-address: ":3128"`:           `http-proxy.listen-address: "` + httpAddr + `"`,
-		`"127.0.0.1:9090"`:                             `"` + proxyMetrics + `"`,
-		`"127.0.0.1:9092"`:                             `"` + agentMetrics + `"`,
+		`"127.0.0.1:9090"`:                             `"` + proxyAdmin + `"`,
+		`"127.0.0.1:9092"`:                             `"` + agentAdmin + `"`,
 	} {
 		if !strings.Contains(s, old) {
 			t.Fatalf("config.yaml has no %q any more: update this test", old)
@@ -257,22 +273,36 @@ func TestSystemdConfigRuns(t *testing.T) {
 		return cmd
 	}
 	start("proxy", func() { udp.Close() }, closeHTTP, closePM)
-	get := func(addr, path string) string {
+	get := func(addr, path string) (int, string) {
 		resp, err := http.Get("http://" + addr + path)
 		if err != nil {
-			return ""
+			return 0, ""
 		}
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(resp.Body)
-		return string(b)
+		return resp.StatusCode, strings.TrimSpace(string(b))
 	}
-	waitFor(t, ctx, "the proxy's /healthz", func() bool { return strings.TrimSpace(get(proxyMetrics, "/healthz")) == "ok" })
+	ready := func(addr string) func() bool {
+		return func() bool {
+			code, body := get(addr, "/readyz")
+			return code == http.StatusOK && body == "ready"
+		}
+	}
+	waitFor(t, ctx, "the proxy's /readyz", ready(proxyAdmin))
 	start("agent", closeAM)
-	waitFor(t, ctx, "agent 4711 connected (reverse_http_agents_connected 1 on the proxy)", func() bool {
-		return strings.Contains(get(proxyMetrics, "/metrics"), "\nreverse_http_agents_connected 1\n")
+	waitFor(t, ctx, "agent 4711 connected (its /readyz)", ready(agentAdmin))
+	waitFor(t, ctx, "reverse_http_agents_connected 1 on the proxy", func() bool {
+		_, body := get(proxyAdmin, "/metrics")
+		return strings.Contains(body, "\nreverse_http_agents_connected 1\n")
 	})
-	if got := strings.TrimSpace(get(agentMetrics, "/healthz")); got != "ok" {
-		t.Errorf("agent /healthz: %q", got)
+	for _, addr := range []string{proxyAdmin, agentAdmin} {
+		if code, body := get(addr, "/healthz"); code != http.StatusOK || body != "ok" {
+			t.Errorf("%s/healthz: %d %q", addr, code, body)
+		}
+		// config.yaml says the profiler is served only with admin.pprof.
+		if code, _ := get(addr, "/debug/pprof/"); code != http.StatusNotFound {
+			t.Errorf("%s/debug/pprof/: %d, want 404 without admin.pprof", addr, code)
+		}
 	}
 }
 
