@@ -142,5 +142,7 @@ func childEnv() []string {
 		}
 		env = append(env, kv)
 	}
-	return append(env, "HOME="+homeDir)
+	// The default --shutdown-timeout (30s) waits for tunnels a test left
+	// open; tests about the drain give their own with the flag.
+	return append(env, "HOME="+homeDir, "REVERSE_HTTP_SHUTDOWN_TIMEOUT=5s")
 }

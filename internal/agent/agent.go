@@ -9,12 +9,14 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -64,6 +66,9 @@ type Config struct {
 	// ReplacedWait is how long to wait before reconnecting after the proxy
 	// closed this connection because another agent took the same ID. Default 30s.
 	ReplacedWait time.Duration
+	// ShutdownTimeout is how long the open tunnels may go on once Run's
+	// context ended (new ones are refused meanwhile). Default 30s.
+	ShutdownTimeout time.Duration
 	// Backoff caps the exponential reconnect backoff. Default 30s.
 	BackoffMax time.Duration
 	// Resolver resolves destination names; nil means net.DefaultResolver.
@@ -119,6 +124,7 @@ func (c *Config) setDefaults() {
 	def(&c.IdleTimeout, 6*time.Second)
 	def(&c.ReplacedWait, 30*time.Second)
 	def(&c.BackoffMax, 30*time.Second)
+	def(&c.ShutdownTimeout, 30*time.Second)
 	if c.MaxStreams <= 0 {
 		c.MaxStreams = 100_000
 	}
@@ -129,16 +135,16 @@ func (c *Config) setDefaults() {
 
 // Agent is a running agent.
 type Agent struct {
-	cfg       Config
-	log       *slog.Logger
-	open      tunnelSet
-	connected atomic.Bool // authenticated to the proxy now
+	cfg  Config
+	log  *slog.Logger
+	open tunnelSet
+	live atomic.Int32 // connections authenticated to a proxy now (two while moving)
 }
 
 // Ready reports why the agent cannot serve tunnels now, or nil: it is
 // connected to the proxy and authenticated.
 func (a *Agent) Ready() error {
-	if !a.connected.Load() {
+	if a.live.Load() == 0 {
 		return fmt.Errorf("not connected to the proxy at %s", a.cfg.ServerAddr)
 	}
 	return nil
@@ -148,6 +154,12 @@ func (a *Agent) Ready() error {
 func New(cfg Config, log *slog.Logger) *Agent {
 	cfg.setDefaults()
 	return &Agent{cfg: cfg, log: log}
+}
+
+// sessionEnd is how a session ended: how long it was up, and why.
+type sessionEnd struct {
+	up  time.Duration
+	err error
 }
 
 // healthyAfter is how long a connection must have lasted for the backoff to
@@ -191,8 +203,34 @@ func (a *Agent) run(ctx context.Context) error {
 func (a *Agent) connect(ctx context.Context) error {
 	b := backoff{base: 200 * time.Millisecond, max: a.cfg.BackoffMax}
 	dupWait := time.Duration(0) // the last wait after a CodeDuplicate refusal
+	// Sessions run in goroutines of their own: after a move the old one
+	// goes on, with its tunnels, while the next one connects.
+	var sessions sync.WaitGroup
+	defer sessions.Wait()
 	for {
-		connected, err := a.session(ctx)
+		moved := make(chan struct{})
+		var once sync.Once
+		done := make(chan sessionEnd, 1)
+		sessions.Go(func() {
+			up, err := a.session(ctx, func() { once.Do(func() { close(moved) }) })
+			select {
+			case <-moved:
+				a.log.Info("the connection this agent moved from has ended", "connected_for", up.Round(time.Millisecond).String(), "cause", err)
+			default:
+			}
+			done <- sessionEnd{up, err}
+		})
+		var (
+			connected time.Duration
+			err       error
+		)
+		select {
+		case end := <-done:
+			connected, err = end.up, end.err
+		case <-moved:
+			b.reset()
+			continue // at once; the old session ends by itself
+		}
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -236,7 +274,12 @@ func (a *Agent) connect(ctx context.Context) error {
 
 // session runs one connection; it returns how long the connection was up
 // (zero if it never authenticated) and why it ended.
-func (a *Agent) session(ctx context.Context) (time.Duration, error) {
+//
+// moved is called (once) when the proxy asks the agent to move; the
+// session then goes on until the proxy closes the connection. When ctx
+// ends, the session drains: new tunnels are refused with 503, and the
+// connection is closed once the open ones ended or ShutdownTimeout passed.
+func (a *Agent) session(ctx context.Context, moved func()) (time.Duration, error) {
 	cred, err := a.cfg.Credential()
 	if err != nil {
 		return 0, fmt.Errorf("credential: %w", err)
@@ -254,7 +297,7 @@ func (a *Agent) session(ctx context.Context) (time.Duration, error) {
 		MaxIdleTimeout:        a.cfg.IdleTimeout,
 		HandshakeIdleTimeout:  a.cfg.HandshakeTimeout,
 		MaxIncomingStreams:    a.cfg.MaxStreams,
-		MaxIncomingUniStreams: -1,
+		MaxIncomingUniStreams: wire.MaxControlStreams,
 	})
 	cancel()
 	if err != nil {
@@ -277,30 +320,111 @@ func (a *Agent) session(ctx context.Context) (time.Duration, error) {
 	}
 	up := time.Now()
 	agentID := auth.CredentialAgentID(cred)
-	a.cfg.Metrics.Agents(1)
-	defer a.cfg.Metrics.Agents(-1)
-	a.connected.Store(true)
-	defer a.connected.Store(false)
+	if a.live.Add(1) == 1 {
+		a.cfg.Metrics.Agents(1)
+	}
+	defer func() {
+		if a.live.Add(-1) == 0 {
+			a.cfg.Metrics.Agents(-1)
+		}
+	}()
 	a.log.Info("connected to proxy", "server", a.cfg.ServerAddr, "remote", conn.RemoteAddr().String())
+	wg.Go(func() { a.control(conn, moved) })
+
+	// The agent's own shutdown: no new tunnels; the open ones get until
+	// ShutdownTimeout, then the connection closes.
+	var open atomic.Int64 // tunnels being opened or relayed
+	var draining atomic.Bool
+	wg.Go(func() {
+		select {
+		case <-conn.Context().Done():
+			return
+		case <-ctx.Done():
+		}
+		draining.Store(true)
+		deadline := time.NewTimer(a.cfg.ShutdownTimeout)
+		defer deadline.Stop()
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for open.Load() > 0 {
+			select {
+			case <-deadline.C:
+				a.log.Warn("shutdown deadline: closing the tunnels still open", "tunnels", open.Load())
+				conn.CloseWithError(wire.CodeNoError, "agent shutting down")
+				return
+			case <-conn.Context().Done():
+				return
+			case <-tick.C:
+			}
+		}
+		conn.CloseWithError(wire.CodeNoError, "agent shutting down")
+	})
 	for {
-		stream, err := conn.AcceptStream(ctx)
+		stream, err := conn.AcceptStream(conn.Context())
 		if err != nil {
 			if cause := context.Cause(conn.Context()); cause != nil && conn.Context().Err() != nil {
 				err = cause
 			}
 			return time.Since(up), err
 		}
+		if draining.Load() {
+			wg.Go(func() {
+				a.refuse(stream, http.StatusServiceUnavailable, "agent is shutting down", "")
+			})
+			continue
+		}
+		open.Add(1)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			// The relay runs in goroutines of its own; this one, whose
 			// stack grew deep in the dial, ends.
-			if relay := a.tunnel(ctx, conn, stream, agentID); relay != nil {
-				wg.Add(1)
-				relay(wg.Done)
+			relay := a.tunnel(context.WithoutCancel(ctx), conn, stream, agentID)
+			if relay == nil {
+				open.Add(-1)
+				return
 			}
+			wg.Add(1)
+			relay(func() {
+				open.Add(-1)
+				wg.Done()
+			})
 		}()
 	}
+}
+
+// control reads the control messages the proxy sends on unidirectional
+// streams until the connection ends; a move calls moved.
+func (a *Agent) control(conn *quic.Conn, moved func()) {
+	for {
+		st, err := conn.AcceptUniStream(conn.Context())
+		if err != nil {
+			return
+		}
+		st.SetReadDeadline(time.Now().Add(5 * time.Second))
+		msg, err := wire.ReadMessage(io.LimitReader(st, 4+wire.MaxControlLen))
+		st.CancelRead(0)
+		if err != nil {
+			a.log.Debug("control message unreadable", "error", err)
+			continue
+		}
+		name, reason, _ := strings.Cut(msg, "\n")
+		switch name {
+		case wire.ControlMove:
+			a.log.Info("proxy asked this agent to move: connecting again; tunnels on this connection go on until the proxy closes it",
+				"server", a.cfg.ServerAddr, "remote", conn.RemoteAddr().String(), "reason", clipReason(reason))
+			moved()
+		default:
+			a.log.Debug("unknown control message ignored", "message", clipReason(name))
+		}
+	}
+}
+
+func clipReason(s string) string {
+	if len(s) > 200 {
+		return s[:200] + "..."
+	}
+	return s
 }
 
 // dialProxy connects to the proxy from a new UDP socket, or through

@@ -68,7 +68,7 @@ func TestHandshakeWithoutAnswer(t *testing.T) {
 	}, slog.New(slog.NewTextHandler(logs, nil)))
 
 	start := time.Now()
-	_, err := a.session(context.Background())
+	_, err := a.session(context.Background(), func() {})
 	var na *noAnswerError
 	var idle *quic.IdleTimeoutError
 	if !errors.As(err, &na) || !errors.As(err, &idle) {
@@ -126,7 +126,7 @@ func TestHandshakeAnsweredIsNotNoAnswer(t *testing.T) {
 		Credential:       func() (string, error) { return "4711", nil },
 		HandshakeTimeout: 2 * time.Second,
 	}, slog.New(slog.NewTextHandler(&lockedBuffer{}, nil)))
-	_, err = a.session(context.Background())
+	_, err = a.session(context.Background(), func() {})
 	var na *noAnswerError
 	if err == nil || errors.As(err, &na) {
 		t.Fatalf("session: %v, want a TLS failure, not a no-answer error", err)

@@ -41,6 +41,8 @@ func TestRunEndsEverything(t *testing.T) {
 		TLS:        &tls.Config{InsecureSkipVerify: true},
 		Credential: func() (string, error) { return "4711", nil },
 		AdminAddr:  "127.0.0.1:0",
+		// Stopped with a tunnel open: it gets this long.
+		ShutdownTimeout: 500 * time.Millisecond,
 	}, log)
 	stopAgent := roletest.Run(t, "agent", a.Run)
 	deadline := time.Now().Add(roletest.Wait)
@@ -51,8 +53,12 @@ func TestRunEndsEverything(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	tunnel := roletest.Connect(t, n.HTTPAddr().String(), "4711", echo)
+	start := time.Now()
 	if err := stopAgent(); err != nil {
 		t.Fatalf("agent Run: %v", err)
+	}
+	if took := time.Since(start); took < 500*time.Millisecond || took > 3*time.Second {
+		t.Errorf("agent stopped %s after its context ended, want its shutdown timeout (500ms): the open tunnel waited for", took)
 	}
 	tunnel.SetReadDeadline(time.Now().Add(roletest.Wait))
 	if _, err := io.ReadAll(tunnel); err != nil {

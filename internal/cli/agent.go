@@ -36,10 +36,11 @@ type AgentCmd struct {
 		BackoffMax       time.Duration `default:"30s" help:"Cap of the exponential reconnect backoff."`
 		BlockLocal       bool          `help:"Refuse destinations that resolve to loopback, link-local, unspecified or cloud metadata addresses (169.254.169.254, fd00:ec2::254), even when a name pattern allows the name; an address or CIDR pattern inside such a range re-allows what it covers."`
 	} `embed:"" prefix:"agent-client."`
-	Metrics MetricsConfig `embed:"" prefix:"metrics."`
-	Admin   AdminConfig   `embed:"" prefix:"admin."`
-	Audit   AuditConfig   `embed:"" prefix:"audit."`
-	Auth    struct {
+	Metrics         MetricsConfig `embed:"" prefix:"metrics."`
+	Admin           AdminConfig   `embed:"" prefix:"admin."`
+	Audit           AuditConfig   `embed:"" prefix:"audit."`
+	ShutdownTimeout time.Duration `name:"shutdown-timeout" default:"30s" help:"How long a graceful stop (SIGTERM) may take: new tunnels are refused (503), open ones get until then, the rest are closed. A second signal exits at once."`
+	Auth            struct {
 		Type   string `enum:"noauth,jwt" default:"noauth" help:"How the agent authenticates. One of: [noauth, jwt]."`
 		NoAuth struct {
 			AgentID string `help:"The agent ID (noauth)."`
@@ -59,6 +60,7 @@ func (c *AgentCmd) Run(e *Env) error {
 		"agent-client.keep-alive":    ac.KeepAlive,
 		"agent-client.idle-timeout":  ac.IdleTimeout,
 		"agent-client.replaced-wait": ac.ReplacedWait,
+		"shutdown-timeout":           c.ShutdownTimeout,
 		"agent-client.backoff-max":   ac.BackoffMax,
 	} {
 		if err := checkDuration(flag, d); err != nil {
@@ -144,6 +146,7 @@ func (c *AgentCmd) Run(e *Env) error {
 		IdleTimeout:      ac.IdleTimeout,
 		MaxStreams:       ac.MaxStreams,
 		ReplacedWait:     ac.ReplacedWait,
+		ShutdownTimeout:  c.ShutdownTimeout,
 		BackoffMax:       ac.BackoffMax,
 		BlockLocal:       ac.BlockLocal,
 	}, e.Log)

@@ -30,7 +30,7 @@ type LBCmd struct {
 		ClusterKey string          `name:"cluster-key" placeholder:"FILE" help:"File with the cluster's shared secret: routes are followed only to proxies whose node lease it verifies. Same file on every proxy and lb."`
 		Memcached  MemcachedConfig `embed:"" prefix:"memcached."`
 	} `embed:"" prefix:"store."`
-	ShutdownTimeout time.Duration `name:"shutdown-timeout" default:"5s" help:"How long a graceful stop may take: draining clients and their tunnels. The process exits by then."`
+	ShutdownTimeout time.Duration `name:"shutdown-timeout" default:"30s" help:"How long a graceful stop (SIGTERM) may take: new clients are refused, open tunnels get until then, the rest are closed. The process exits by then; a second signal exits at once."`
 
 	// See limits.go.
 	Limits     ClientLimits    `embed:"" prefix:"limits."`

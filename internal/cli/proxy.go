@@ -107,7 +107,7 @@ type ProxyCmd struct {
 		ClusterKey       string          `name:"cluster-key" placeholder:"FILE" help:"File with the cluster's shared secret (at least 16 bytes): signs this node's lease; routes are followed only to nodes whose lease it verifies. Same file on every proxy and lb."`
 		Memcached        MemcachedConfig `embed:"" prefix:"memcached."`
 	} `embed:"" prefix:"store."`
-	ShutdownTimeout time.Duration `name:"shutdown-timeout" default:"5s" help:"How long a graceful stop may take: draining clients, closing agents and releasing routes. The process exits by then."`
+	ShutdownTimeout time.Duration `name:"shutdown-timeout" default:"30s" help:"How long a graceful stop (SIGTERM) may take: new clients and agents are refused, connected agents are told to move to another proxy, open tunnels get until then (less a few seconds to release the routes), the rest are closed. The process exits by then; a second signal exits at once."`
 
 	// See limits.go.
 	Limits     ProxyLimits     `embed:"" prefix:"limits."`
@@ -350,11 +350,11 @@ func runError(err error) error {
 	return err
 }
 
-// releaseTimeout is how long releasing routes may take on shutdown: what
-// is left of the shutdown timeout once an operation already under way
-// (bounded by the store timeout) has ended, but at least half of it.
+// releaseTimeout is the part of the shutdown timeout kept, after the
+// drain, for withdrawing the node lease and releasing the routes: two
+// store timeouts and a second, at most half of it.
 func releaseTimeout(shutdown, store time.Duration) time.Duration {
-	return max(shutdown-store-time.Second, shutdown/2)
+	return min(2*store+time.Second, shutdown/2)
 }
 
 // resetKey derives the QUIC stateless reset key from the key file given,

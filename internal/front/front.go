@@ -163,6 +163,11 @@ func NewServer(addr string, h http.Handler, tlsConf *tls.Config, log *slog.Logge
 	}
 }
 
+// EvictVia drops the connection pools of absolute-form requests whose
+// connections were forwarded through node (a proxy that is draining or
+// gone): the next request is routed again. It returns how many.
+func (h *Handler) EvictVia(node string) int { return h.transports.evictVia(node) }
+
 // Forget drops the connection pool kept for agentID's absolute-form
 // requests; call it when the agent disconnects.
 func (h *Handler) Forget(agentID string) { h.transports.forget(agentID) }
@@ -488,8 +493,10 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, agentID, targe
 			errorHandler(sw, r, err)
 			return
 		}
+		raw := conn
 		conn = h.idle.Conn(conn)
 		e = h.transports.add(agentID, conn, target)
+		e.noteVia(raw)
 		defer e.dropFirst(conn)
 	}
 	defer h.transports.done(e)
@@ -520,6 +527,7 @@ func (h *Handler) newTransport(e *transportEntry) *http.Transport {
 			if err != nil {
 				return nil, err
 			}
+			e.noteVia(c)
 			return h.idle.Conn(c), nil
 		},
 		Proxy:                 nil,

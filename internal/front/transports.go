@@ -55,6 +55,51 @@ type transportEntry struct {
 	firstMu   sync.Mutex
 	first     net.Conn
 	firstAddr string
+	// The nodes its connections were forwarded through (see Via);
+	// guarded by firstMu.
+	vias map[string]bool
+}
+
+// Via is implemented by a connection forwarded through another node: it
+// names the node.
+type Via interface{ Via() string }
+
+// noteVia records the node conn was forwarded through, if any.
+func (e *transportEntry) noteVia(conn net.Conn) {
+	v, ok := conn.(Via)
+	if !ok {
+		return
+	}
+	e.firstMu.Lock()
+	if e.vias == nil {
+		e.vias = map[string]bool{}
+	}
+	e.vias[v.Via()] = true
+	e.firstMu.Unlock()
+}
+
+func (e *transportEntry) hasVia(node string) bool {
+	e.firstMu.Lock()
+	defer e.firstMu.Unlock()
+	return e.vias[node]
+}
+
+// evictVia drops the pools with connections forwarded through node, and
+// returns how many: their idle connections close now, busy ones when
+// their requests end, and the next request dials again.
+func (ts *transports) evictVia(node string) int {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	n := 0
+	for el := ts.lru.Front(); el != nil; {
+		next := el.Next()
+		if el.Value.(*transportEntry).hasVia(node) {
+			ts.evict(el)
+			n++
+		}
+		el = next
+	}
+	return n
 }
 
 func newTransports(max int, mk func(e *transportEntry) *http.Transport) *transports {

@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/reverse-http/reverse-http/internal/front"
@@ -41,12 +42,23 @@ type Forwarder struct {
 	ClusterKey []byte
 	// Metrics, if not nil, counts the tunnels forwarded.
 	Metrics *metrics.Metrics
+	mu   sync.Mutex
+	vias map[string]int // open tunnels by the proxy they go through
+
+	// MoveWait bounds how long Dial waits for an agent whose proxy is
+	// unreachable or no longer a member to show up elsewhere; zero means
+	// DefaultMoveWait.
+	MoveWait time.Duration
 	Log     *slog.Logger
 }
 
 // Store is where the Forwarder looks routes up (*route.Memcached).
 type Store interface {
 	Lookup(ctx context.Context, agentID string) (route.Route, error)
+	// Members says which of addrs are live cluster members.
+	Members(ctx context.Context, addrs []string) map[string]bool
+	// Ping reports whether a store server answers.
+	Ping(ctx context.Context) error
 }
 
 // unreachableError: the owning proxy could not be reached at all.
@@ -56,34 +68,70 @@ func (e *unreachableError) Error() string { return e.err.Error() }
 func (e *unreachableError) Unwrap() error { return e.err }
 
 // Dial opens a tunnel to hostport through agentID's proxy. If that proxy
-// cannot be reached, it reads the route once more (the agent may have moved)
-// before it gives up with 503.
+// cannot be reached, or is no longer a live member (it is draining or
+// died), the agent is about to connect elsewhere: Dial reads the route
+// again every 100ms for up to MoveWait before it gives up with 503.
 func (f *Forwarder) Dial(ctx context.Context, agentID, hostport string) (net.Conn, error) {
 	if front.Forwarded(ctx) {
 		// Forwarded to us by another node, so its route named us: we hold
 		// no agents, and forwarding again could loop.
 		return nil, wire.Errorf(wire.ErrAgentOffline, "agent "+agentID+" is not connected here (request forwarded to an lb)")
 	}
-	addr, err := f.lookup(ctx, agentID)
-	if err != nil {
-		return nil, err
+	wait := f.MoveWait
+	if wait <= 0 {
+		wait = DefaultMoveWait
 	}
-	c, err := f.connect(ctx, addr, agentID, hostport)
-	var ue *unreachableError
-	if !errors.As(err, &ue) {
-		return c, err
-	}
-	f.Log.Warn("proxy holding the agent is unreachable; reading the route again", "agent", agentID, "proxy", addr, "error", ue.err)
-	again, lerr := f.lookup(ctx, agentID)
-	if lerr == nil && again != addr {
-		c, err = f.connect(ctx, again, agentID, hostport)
-		if !errors.As(err, &ue) {
-			return c, err
+	deadline := time.Now().Add(wait)
+	var (
+		last  error
+		tried string // the proxy found unreachable
+	)
+	for {
+		addr, err := f.lookup(ctx, agentID)
+		var moving *movingError
+		switch {
+		case errors.As(err, &moving):
+			last = err
+		case err != nil:
+			return nil, err
+		case addr == tried:
+			// Still the proxy that did not answer.
+		default:
+			c, err := f.connect(ctx, addr, agentID, hostport)
+			var ue *unreachableError
+			if !errors.As(err, &ue) {
+				return c, err
+			}
+			f.Log.Warn("proxy holding the agent is unreachable; waiting for the agent to move", "agent", agentID, "proxy", addr, "error", ue.err)
+			tried = addr
+			last = wire.Errorf(wire.ErrAgentOffline, fmt.Sprintf("agent %s: its proxy %s is unreachable: %v", agentID, addr, ue.err))
 		}
-		addr = again
+		if time.Now().After(deadline) {
+			return nil, last
+		}
+		select {
+		case <-ctx.Done():
+			return nil, last
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
-	return nil, wire.Errorf(wire.ErrAgentOffline, fmt.Sprintf("agent %s: its proxy %s is unreachable: %v", agentID, addr, ue.err))
 }
+
+// DefaultMoveWait is Forwarder.MoveWait's default: long enough for an
+// agent told to move to connect to another proxy and claim its route.
+const DefaultMoveWait = 3 * time.Second
+
+// movingError: the route names a node that is not a live member; the
+// agent may be moving.
+type movingError struct{ error }
+
+func (e *movingError) Unwrap() error { return e.error }
+
+// routeHereError: the route names this node, which does not hold the
+// agent (it may have connected a moment ago: a Cluster looks again).
+type routeHereError struct{ error }
+
+func (e *routeHereError) Unwrap() error { return e.error }
 
 func (f *Forwarder) lookup(ctx context.Context, agentID string) (string, error) {
 	r, err := f.Store.Lookup(ctx, agentID)
@@ -93,15 +141,15 @@ func (f *Forwarder) lookup(ctx context.Context, agentID string) (string, error) 
 		return "", wire.Errorf(wire.ErrAgentOffline, "agent "+agentID+" is not connected")
 	case errors.Is(err, route.ErrNotMember):
 		// Never send a client's credentials to a node that is not one of
-		// ours: the entry is stale or forged.
-		f.Log.Warn("route names a node that is not a live cluster member: not followed", "agent", agentID, "error", err)
-		return "", wire.Errorf(wire.ErrAgentOffline, "agent "+agentID+" is not connected")
+		// ours: the entry is stale, forged, or its proxy is draining.
+		f.Log.Debug("route names a node that is not a live cluster member: not followed", "agent", agentID, "error", err)
+		return "", &movingError{wire.Errorf(wire.ErrAgentOffline, "agent "+agentID+" is not connected (its route names a node that is not a live cluster member)")}
 	case err != nil:
 		return "", wire.Errorf(wire.ErrAgentOffline, "route store unavailable: "+err.Error())
 	case slices.Contains(f.Self, addr):
 		// A route to ourselves, but the agent is not here: it left
-		// moments ago (or the route points at an lb).
-		return "", wire.Errorf(wire.ErrAgentOffline, "agent "+agentID+" is not connected")
+		// moments ago, is connecting here now, or the route points at an lb.
+		return "", &routeHereError{wire.Errorf(wire.ErrAgentOffline, "agent "+agentID+" is not connected")}
 	}
 	return addr, nil
 }
@@ -177,7 +225,91 @@ func (f *Forwarder) connect(ctx context.Context, addr, agentID, hostport string)
 	}
 	conn.SetDeadline(time.Time{})
 	f.Metrics.Forwarded()
-	return relay.NewTCP(conn, br), nil
+	return f.track(&forwardedConn{TCP: relay.NewTCP(conn, br), via: addr}), nil
+}
+
+// forwardedConn is a tunnel through the proxy at via.
+type forwardedConn struct {
+	*relay.TCP
+	via   string
+	once  sync.Once
+	ended func()
+}
+
+// Via names the proxy the tunnel goes through (front.Via).
+func (c *forwardedConn) Via() string { return c.via }
+
+func (c *forwardedConn) Close() error {
+	c.once.Do(c.ended)
+	return c.TCP.Close()
+}
+
+func (c *forwardedConn) Abort() {
+	c.once.Do(c.ended)
+	c.TCP.Abort()
+}
+
+// track counts c among the open tunnels through its proxy until it ends.
+func (f *Forwarder) track(c *forwardedConn) *forwardedConn {
+	f.mu.Lock()
+	if f.vias == nil {
+		f.vias = map[string]int{}
+	}
+	f.vias[c.via]++
+	f.mu.Unlock()
+	c.ended = func() {
+		f.mu.Lock()
+		if f.vias[c.via]--; f.vias[c.via] <= 0 {
+			delete(f.vias, c.via)
+		}
+		f.mu.Unlock()
+	}
+	return c
+}
+
+// WatchMembers checks every second, until ctx ends, that the proxies this
+// node has open tunnels through are still live members; for one that is
+// not (it is draining, or died) it calls gone, which drops the connection
+// pools through it, so that the next request follows the agent's new
+// route. Nothing is judged while the store does not answer.
+func (f *Forwarder) WatchMembers(ctx context.Context, gone func(proxy string)) error {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	reported := map[string]bool{}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		f.mu.Lock()
+		addrs := make([]string, 0, len(f.vias))
+		for a := range f.vias {
+			addrs = append(addrs, a)
+		}
+		f.mu.Unlock()
+		if len(addrs) == 0 {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		if err := f.Store.Ping(cctx); err != nil {
+			cancel()
+			continue
+		}
+		live := f.Store.Members(cctx, addrs)
+		cancel()
+		for _, a := range addrs {
+			if live[a] {
+				delete(reported, a)
+				continue
+			}
+			gone(a)
+			if !reported[a] {
+				reported[a] = true
+				f.Log.Info("proxy is no longer a live member (draining or gone): connection pools through it dropped", "proxy", a)
+			}
+		}
+	}
 }
 
 // maxAnswerBytes bounds the owning proxy's answer to a forwarded CONNECT:
@@ -202,5 +334,11 @@ func (c *Cluster) Dial(ctx context.Context, agentID, hostport string) (net.Conn,
 	if c.Local.Connected(agentID) || front.Forwarded(ctx) {
 		return c.Local.Dial(ctx, agentID, hostport)
 	}
-	return c.Forward.Dial(ctx, agentID, hostport)
+	conn, err := c.Forward.Dial(ctx, agentID, hostport)
+	var here *routeHereError
+	if errors.As(err, &here) && c.Local.Connected(agentID) {
+		// It moved here while the route was read.
+		return c.Local.Dial(ctx, agentID, hostport)
+	}
+	return conn, err
 }

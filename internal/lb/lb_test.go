@@ -21,6 +21,16 @@ func (s fixedStore) Lookup(context.Context, string) (route.Route, error) {
 	return route.Route{Addr: s.addr}, nil
 }
 
+func (s fixedStore) Members(_ context.Context, addrs []string) map[string]bool {
+	live := map[string]bool{}
+	for _, a := range addrs {
+		live[a] = a == s.addr
+	}
+	return live
+}
+
+func (fixedStore) Ping(context.Context) error { return nil }
+
 // fakeProxy accepts one connection at a time, reads a CONNECT and hands
 // the connection and the request to serve.
 func fakeProxy(t *testing.T, serve func(net.Conn, *http.Request)) string {

@@ -61,6 +61,7 @@ type Node struct {
 	front   *front.Handler
 	hs      *http.Server
 	ln      net.Listener
+	fwd     *Forwarder
 	adminLn net.Listener // nil without AdminAddr
 	serving atomic.Bool  // Run serves and has not begun to stop
 }
@@ -94,7 +95,7 @@ func (n *Node) Listen() (err error) {
 	fcfg.Metrics = n.metrics
 	fcfg.Audit = n.cfg.Audit
 	fcfg.ClusterKey = n.cfg.Key
-	fcfg.Dialer = &Forwarder{
+	n.fwd = &Forwarder{
 		Store:       n.cfg.Store,
 		Self:        []string{n.cfg.HTTPAddr, n.ln.Addr().String()},
 		TLS:         n.cfg.ForwardTLS,
@@ -103,6 +104,7 @@ func (n *Node) Listen() (err error) {
 		Metrics:     n.metrics,
 		Log:         n.log.With("component", "forwarder"),
 	}
+	fcfg.Dialer = n.fwd
 	n.front = front.New(fcfg, n.log.With("component", "http-proxy"))
 	n.hs = front.NewServer(n.cfg.HTTPAddr, n.front, n.cfg.HTTPTLS, n.log)
 	if n.cfg.AdminAddr != "" {
@@ -137,6 +139,9 @@ func (n *Node) Run(ctx context.Context) error {
 			return nil
 		},
 	}
+	parts = append(parts, func(ctx context.Context) error {
+		return n.fwd.WatchMembers(ctx, func(proxy string) { n.front.EvictVia(proxy) })
+	})
 	if n.adminLn != nil {
 		parts = append(parts, func(ctx context.Context) error {
 			return admin.Serve(ctx, n.adminLn, admin.Config{

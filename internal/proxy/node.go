@@ -82,10 +82,13 @@ type Node struct {
 	agents  *Server
 	front   *front.Handler
 	hs      *http.Server
-	ln      net.Listener // clients
-	adminLn net.Listener // nil without AdminAddr
-	routes  *Routes      // nil without a cluster
-	serving atomic.Bool  // Run serves and has not begun to stop
+	ln      net.Listener  // clients
+	adminLn net.Listener  // nil without AdminAddr
+	routes  *Routes       // nil without a cluster
+	fwd     *lb.Forwarder // nil without a cluster
+	release chan struct{} // closed once drained: the routes are released
+	self    string        // this proxy's address, for agents and routes
+	serving atomic.Bool   // Run serves and has not begun to stop
 }
 
 // NewNode makes a proxy node; Listen binds it and Run runs it.
@@ -144,14 +147,17 @@ func (n *Node) Listen() (err error) {
 				return err
 			}
 		}
-		n.routes = NewRoutes(RoutesConfig{Store: c.Store, Addr: self, TTL: c.TTL, ReleaseTimeout: c.ReleaseTimeout},
+		n.self = self
+		n.release = make(chan struct{})
+		n.routes = NewRoutes(RoutesConfig{Store: c.Store, Addr: self, TTL: c.TTL, ReleaseTimeout: c.ReleaseTimeout, ReleaseAfter: n.release},
 			n.agents, n.log.With("component", "routes"))
 		fcfg.ClusterKey = c.Key
-		fcfg.Dialer = &lb.Cluster{Local: n.agents, Forward: &lb.Forwarder{
+		n.fwd = &lb.Forwarder{
 			Store: c.Store, Self: []string{self, n.ln.Addr().String()}, TLS: c.ForwardTLS,
 			DialTimeout: c.ForwardDialTimeout, ClusterKey: c.Key, Metrics: n.metrics,
 			Log: n.log.With("component", "forwarder"),
-		}}
+		}
+		fcfg.Dialer = &lb.Cluster{Local: n.agents, Forward: n.fwd}
 		n.log.Info("route store", "type", "memcached", "servers", strings.Join(c.Store.Servers(), ","), "route", self,
 			"ttl", c.TTL.String(), "cluster_key", len(c.Key) > 0)
 	}
@@ -211,35 +217,52 @@ func (n *Node) Run(ctx context.Context) error {
 			return err
 		}
 	}
-	agentCtx, stopAgents := context.WithCancel(context.WithoutCancel(ctx))
-	if n.routes != nil {
-		agentCtx, stopAgents = context.WithCancel(ctx)
+	// drained ends once the client front has drained: then the agent
+	// connections close and the admin endpoint, which answered 503 on
+	// /readyz meanwhile, stops.
+	drained, finish := context.WithCancel(context.WithoutCancel(ctx))
+	defer finish()
+	drainTimeout := n.cfg.ShutdownTimeout
+	if c := n.cfg.Cluster; c != nil {
+		// Keep time to release the routes after the drain.
+		drainTimeout = max(n.cfg.ShutdownTimeout-c.ReleaseTimeout, n.cfg.ShutdownTimeout/2)
 	}
-	defer stopAgents()
 	parts := []func(context.Context) error{
-		func(context.Context) error { return n.agents.Run(agentCtx) },
+		func(context.Context) error { return n.agents.Run(drained) },
 		func(ctx context.Context) error {
-			defer stopAgents()
-			if err := front.Run(ctx, n.hs, n.ln, n.cfg.ShutdownTimeout); err != nil {
+			defer func() {
+				finish()
+				if n.release != nil {
+					close(n.release)
+				}
+			}()
+			if err := front.Run(ctx, n.hs, n.ln, drainTimeout); err != nil {
 				return fmt.Errorf("http proxy: %w", err)
 			}
 			return nil
 		},
 	}
 	if n.routes != nil {
-		parts = append(parts, n.routes.Run)
+		parts = append(parts, n.routes.Run, func(ctx context.Context) error {
+			return n.fwd.WatchMembers(ctx, func(proxy string) { n.front.EvictVia(proxy) })
+		})
 	}
 	if n.adminLn != nil {
-		parts = append(parts, func(ctx context.Context) error {
-			return admin.Serve(ctx, n.adminLn, admin.Config{
+		parts = append(parts, func(context.Context) error {
+			return admin.Serve(drained, n.adminLn, admin.Config{
 				Role: "proxy", Metrics: n.metrics, Ready: n.Ready, Pprof: n.cfg.Pprof,
 				Agents: func() any { return n.agents.AgentInfos() }, Tunnels: n.front.Tunnels,
 			}, n.log.With("component", "admin"))
 		})
 	}
 	n.serving.Store(true)
-	stopServing := context.AfterFunc(ctx, func() { n.serving.Store(false) })
-	defer stopServing()
+	stopDrain := context.AfterFunc(ctx, func() {
+		n.serving.Store(false)
+		n.log.Info("draining: no new clients or agents; connected agents are told to move; tunnels get until the shutdown timeout",
+			"timeout", drainTimeout.String())
+		n.agents.Drain("proxy " + n.self + " is draining")
+	})
+	defer stopDrain()
 	// The audit log's writer stops last, once the front has drained and
 	// recorded the tunnels it closed.
 	return run.Outlast(ctx, n.cfg.Audit.Run, func(ctx context.Context) error {

@@ -91,13 +91,14 @@ type Config struct {
 
 // Server accepts agents and dials tunnels through them.
 type Server struct {
-	cfg     Config
-	log     *slog.Logger
-	ln      *quic.Listener
-	tr      *quic.Transport
-	mu      sync.RWMutex
-	agents  map[string]*session
-	closing bool // Run is closing: no agent is registered any more
+	cfg      Config
+	log      *slog.Logger
+	ln       *quic.Listener
+	tr       *quic.Transport
+	mu       sync.RWMutex
+	agents   map[string]*session
+	closing  bool // Run is closing: no agent is registered any more
+	draining bool // Drain was called: new agents are refused
 	// dups remembers agent IDs whose live connection was replaced from
 	// another address lately, keyed by authenticated ID only; entries
 	// older than DuplicateWindow are dropped once it holds over
@@ -247,9 +248,76 @@ func (s *Server) Run(ctx context.Context) error {
 	return fmt.Errorf("agent server: %w", err)
 }
 
+// Drain starts the proxy's drain: from now on new agent connections are
+// refused with CodeShutdown, and every connected agent is told to move
+// (wire.ControlMove), so it connects again, to another proxy, while its
+// tunnels here go on. The connections stay until Run's context ends.
+// reason says why, to the agents. Drain returns at once; Run waits for
+// the messages to be sent.
+func (s *Server) Drain(reason string) {
+	s.mu.Lock()
+	if s.draining {
+		s.mu.Unlock()
+		return
+	}
+	s.draining = true
+	sessions := make([]*session, 0, len(s.agents))
+	for _, a := range s.agents {
+		sessions = append(sessions, a)
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go func() {
+		defer s.wg.Done()
+		start := time.Now()
+		var sent atomic.Int64
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, 256)
+		for _, a := range sessions {
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				if err := sendControl(a.conn, wire.ControlMove+"\n"+reason); err != nil {
+					s.log.Debug("move not sent", "agent", a.id, "error", err)
+					return
+				}
+				sent.Add(1)
+			})
+		}
+		wg.Wait()
+		s.log.Info("draining: agents told to move", "agents", len(sessions), "sent", sent.Load(),
+			"took", time.Since(start).Round(time.Millisecond).String())
+	}()
+}
+
+// sendControl sends one control message on a new unidirectional stream,
+// within a second. An agent that allows no such stream (an older one)
+// makes it fail at once.
+func sendControl(conn *quic.Conn, msg string) error {
+	st, err := conn.OpenUniStream()
+	if err != nil {
+		return err
+	}
+	st.SetWriteDeadline(time.Now().Add(time.Second))
+	if err := wire.WriteMessage(st, msg); err != nil {
+		st.CancelWrite(wire.StreamCodeAbort)
+		return err
+	}
+	return st.Close()
+}
+
 // serve authenticates a new connection and registers it.
 func (s *Server) serve(ctx context.Context, conn *quic.Conn) {
 	remote := conn.RemoteAddr().String()
+	s.mu.RLock()
+	draining := s.draining
+	s.mu.RUnlock()
+	if draining {
+		// At once: the agent tries again from a new UDP port, which the
+		// load balancer may send to another proxy.
+		conn.CloseWithError(wire.CodeShutdown, "proxy shutting down: connect to another proxy")
+		return
+	}
 	id, err := s.authenticate(ctx, conn)
 	if errors.Is(err, errTooManyAgents) {
 		s.refuseAgent(conn, id, err)
@@ -280,7 +348,7 @@ func (s *Server) serve(ctx context.Context, conn *quic.Conn) {
 	}
 	sess := &session{id: id, conn: conn, remote: remote, since: time.Now()}
 	s.mu.Lock()
-	if s.closing {
+	if s.closing || s.draining {
 		// Authenticated after Run closed the agents: refuse it, or its
 		// connection would keep Run waiting.
 		s.mu.Unlock()

@@ -24,6 +24,12 @@ type RoutesConfig struct {
 	// ReleaseTimeout bounds withdrawing the node lease and releasing the
 	// routes on shutdown. Zero means 5s.
 	ReleaseTimeout time.Duration
+	// ReleaseAfter, if not nil, holds the release of the routes back
+	// until it is closed: Run withdraws the node lease as soon as its
+	// context ends (other nodes stop following routes to this proxy), and
+	// releases the routes still naming it only then, once the agents have
+	// moved and this proxy's own tunnels ended. Nil: both at once.
+	ReleaseAfter <-chan struct{}
 }
 
 // Routes publishes which agents this proxy holds: a node lease for the
@@ -96,6 +102,12 @@ func (r *Routes) Run(ctx context.Context) error {
 			r.publish(ctx)
 			r.renew(ctx)
 		case <-ctx.Done():
+			if r.cfg.ReleaseAfter != nil {
+				r.withdraw()
+				<-r.cfg.ReleaseAfter
+				r.release()
+				return nil
+			}
 			r.shutdown()
 			return nil
 		}
@@ -276,6 +288,36 @@ func (r *Routes) shutdown() {
 	wg.Go(func() { rerr = r.cfg.Store.Release(ctx, r.cfg.Addr, ids) })
 	wg.Wait()
 	if err := errors.Join(werr, rerr); err != nil {
+		r.log.Warn("routes not all released on shutdown; they expire after the ttl",
+			"routes", len(ids), "ttl", r.cfg.TTL.String(), "took", time.Since(start).Round(time.Millisecond).String(), "error", err)
+		return
+	}
+	r.log.Info("routes released", "routes", len(ids), "took", time.Since(start).Round(time.Millisecond).String())
+}
+
+// withdraw withdraws the node lease, within ReleaseTimeout.
+func (r *Routes) withdraw() {
+	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.ReleaseTimeout)
+	defer cancel()
+	if err := r.cfg.Store.Withdraw(ctx, r.cfg.Addr); err != nil {
+		r.log.Warn("node lease not withdrawn; it expires after the ttl", "ttl", r.cfg.TTL.String(), "error", err)
+		return
+	}
+	r.log.Info("draining: node lease withdrawn; routes to this proxy are no longer followed")
+}
+
+// release releases every route still naming this proxy, within
+// ReleaseTimeout.
+func (r *Routes) release() {
+	ctx, cancel := context.WithTimeoutCause(context.Background(), r.cfg.ReleaseTimeout,
+		errors.New("route release took longer than its timeout"))
+	defer cancel()
+	start := time.Now()
+	ids := make([]string, 0, len(r.claimed))
+	for id := range r.claimed {
+		ids = append(ids, id)
+	}
+	if err := r.cfg.Store.Release(ctx, r.cfg.Addr, ids); err != nil {
 		r.log.Warn("routes not all released on shutdown; they expire after the ttl",
 			"routes", len(ids), "ttl", r.cfg.TTL.String(), "took", time.Since(start).Round(time.Millisecond).String(), "error", err)
 		return

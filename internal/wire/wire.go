@@ -114,6 +114,26 @@ const (
 	CodeTooManyAgents quic.ApplicationErrorCode = 0x110
 )
 
+// Control messages. The proxy sends one on a unidirectional stream it
+// opens, as one length-prefixed message (WriteMessage) of at most
+// MaxControlLen bytes: the message's first line names it, the rest is a
+// reason for humans. The reference agent never accepts unidirectional
+// streams, so it ignores them; an agent that does not know a message
+// ignores it too.
+const (
+	// ControlMove: the proxy is draining. The agent opens a new
+	// connection (through the load balancer, to another proxy, or to this
+	// one once it is back) and keeps this one, and the tunnels on it, until
+	// the proxy closes it; new tunnels come on whichever connection the
+	// proxies pick.
+	ControlMove = "move"
+	// MaxControlLen bounds a control message.
+	MaxControlLen = 4 << 10
+	// MaxControlStreams is how many control streams an agent lets the
+	// proxy open at once.
+	MaxControlStreams = 4
+)
+
 // Stream error codes, for CancelRead/CancelWrite on a tunnel stream.
 const (
 	// StreamCodeAbort: the tunnel ended abnormally (a TCP reset, an I/O error).
