@@ -42,14 +42,14 @@ type Forwarder struct {
 	ClusterKey []byte
 	// Metrics, if not nil, counts the tunnels forwarded.
 	Metrics *metrics.Metrics
-	mu   sync.Mutex
-	vias map[string]int // open tunnels by the proxy they go through
+	mu      sync.Mutex
+	vias    map[string]int // open tunnels by the proxy they go through
 
 	// MoveWait bounds how long Dial waits for an agent whose proxy is
 	// unreachable or no longer a member to show up elsewhere; zero means
 	// DefaultMoveWait.
 	MoveWait time.Duration
-	Log     *slog.Logger
+	Log      *slog.Logger
 }
 
 // Store is where the Forwarder looks routes up (*route.Memcached).
