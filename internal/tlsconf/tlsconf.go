@@ -575,7 +575,13 @@ type Reloadable struct {
 
 // Config is the configuration to use; it always serves the current
 // material.
-func (r *Reloadable) Config() *tls.Config { return r.config }
+// A nil *Reloadable has a nil Config.
+func (r *Reloadable) Config() *tls.Config {
+	if r == nil {
+		return nil
+	}
+	return r.config
+}
 
 // Check reads and parses every file now, as at start. It returns the
 // settings (relative names, like "tls.file.cert") whose file contents
