@@ -265,6 +265,14 @@ func (p *process) terminate(timeout time.Duration) error {
 	return fmt.Errorf("%s did not exit within %s of SIGTERM; killed it", p.name, time.Since(start).Round(time.Millisecond))
 }
 
+// signal sends sig to the process, by its PID.
+func (p *process) signal(t testing.TB, sig syscall.Signal) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		t.Fatalf("signal %v to %s (pid %d): %v", sig, p.name, p.cmd.Process.Pid, err)
+	}
+}
+
 // kill sends SIGKILL and waits for the process to end.
 func (p *process) kill(t testing.TB) {
 	t.Helper()

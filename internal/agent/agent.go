@@ -29,6 +29,7 @@ import (
 	"github.com/reverse-http/reverse-http/internal/auth"
 	"github.com/reverse-http/reverse-http/internal/metrics"
 	"github.com/reverse-http/reverse-http/internal/relay"
+	"github.com/reverse-http/reverse-http/internal/reload"
 	"github.com/reverse-http/reverse-http/internal/run"
 	"github.com/reverse-http/reverse-http/internal/wire"
 )
@@ -105,6 +106,10 @@ type Config struct {
 	// OwnListeners.
 	AdminAddr string
 	Pprof     bool
+	// Reload, if not nil, is called on SIGHUP while Run runs: the
+	// update's allowlist replaces Allow for tunnels opened from then on
+	// (see package reload). Nil: SIGHUP is not handled.
+	Reload reload.Load
 	// Transport, if not nil, is the UDP socket the agent connects from,
 	// which it may share with other agents in this process (a load
 	// generator). Nil: every connection attempt uses a new socket, and so
@@ -139,7 +144,14 @@ type Agent struct {
 	log  *slog.Logger
 	open tunnelSet
 	live atomic.Int32 // connections authenticated to a proxy now (two while moving)
+	// allowList is Config.Allow, or what SetAllow put in its place.
+	allowList atomic.Pointer[allow.List]
 }
+
+// SetAllow checks the destinations of tunnels opened from now on against
+// l (nil or empty allows all); open tunnels stay open. For a
+// configuration reload.
+func (a *Agent) SetAllow(l *allow.List) { a.allowList.Store(l) }
 
 // Ready reports why the agent cannot serve tunnels now, or nil: it is
 // connected to the proxy and authenticated.
@@ -153,7 +165,9 @@ func (a *Agent) Ready() error {
 // New makes an agent.
 func New(cfg Config, log *slog.Logger) *Agent {
 	cfg.setDefaults()
-	return &Agent{cfg: cfg, log: log}
+	a := &Agent{cfg: cfg, log: log}
+	a.SetAllow(cfg.Allow)
+	return a
 }
 
 // sessionEnd is how a session ended: how long it was up, and why.
@@ -176,8 +190,14 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 func (a *Agent) run(ctx context.Context) error {
+	parts := []func(context.Context) error{a.connect}
+	if a.cfg.Reload != nil {
+		parts = append(parts, func(ctx context.Context) error {
+			return reload.Watch(ctx, a.log, a.cfg.Reload, func(u *reload.Update) { a.SetAllow(u.Allow) })
+		})
+	}
 	if a.cfg.AdminAddr == "" {
-		return a.connect(ctx)
+		return run.All(ctx, parts...)
 	}
 	if a.cfg.Metrics == nil {
 		a.cfg.Metrics = metrics.New()
@@ -190,13 +210,12 @@ func (a *Agent) run(ctx context.Context) error {
 	if ap, err := netip.ParseAddrPort(ln.Addr().String()); err == nil {
 		a.cfg.OwnListeners = append(slices.Clip(a.cfg.OwnListeners), ap)
 	}
-	return run.All(ctx,
+	return run.All(ctx, append(parts,
 		func(ctx context.Context) error {
 			return admin.Serve(ctx, ln, admin.Config{
 				Role: "agent", Metrics: a.cfg.Metrics, Ready: a.Ready, Pprof: a.cfg.Pprof, Tunnels: a.Tunnels,
 			}, a.log.With("component", "admin"))
-		},
-		a.connect)
+		})...)
 }
 
 // connect connects, serves tunnels and reconnects until ctx ends.
@@ -562,13 +581,14 @@ func (a *Agent) dial(ctx context.Context, target string) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.DialTimeout)
 	defer cancel()
 	var addrs []netip.Addr
+	allowList := a.allowList.Load()
 	if ip, err := netip.ParseAddr(host); err == nil {
-		if !a.cfg.Allow.Empty() && !a.cfg.Allow.AllowedIP(ip, port) {
+		if !allowList.Empty() && !allowList.AllowedIP(ip, port) {
 			return nil, wire.Errorf(wire.ErrDenied, "destination "+target+" is not allowed by the agent's allowlist")
 		}
 		addrs = []netip.Addr{ip.Unmap()}
 	} else {
-		if !a.cfg.Allow.Empty() && !a.cfg.Allow.AllowedName(host, port) {
+		if !allowList.Empty() && !allowList.AllowedName(host, port) {
 			return nil, wire.Errorf(wire.ErrDenied, "destination "+target+" is not allowed by the agent's allowlist")
 		}
 		addrs, err = a.lookup(ctx, host)

@@ -56,7 +56,7 @@ func (a *Agent) refusal(ip netip.Addr, port int) string {
 		return ""
 	}
 	prefix, what, ok := localRange(ip)
-	if !ok || a.cfg.Allow.AllowedIPWithin(ip, port, prefix) {
+	if !ok || a.allowList.Load().AllowedIPWithin(ip, port, prefix) {
 		return ""
 	}
 	return what + ", refused by --agent-client.block-local"

@@ -4,12 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/reverse-http/reverse-http/internal/agent"
 	"github.com/reverse-http/reverse-http/internal/auth"
 	"github.com/reverse-http/reverse-http/internal/metrics"
+	"github.com/reverse-http/reverse-http/internal/reload"
 	"github.com/reverse-http/reverse-http/internal/tlsconf"
 )
 
@@ -51,8 +53,8 @@ type AgentCmd struct {
 	} `embed:"" prefix:"auth."`
 }
 
-// Run starts the agent and blocks until the context ends.
-func (c *AgentCmd) Run(e *Env) error {
+// validate checks the settings that need no file.
+func (c *AgentCmd) validate() error {
 	ac := &c.AgentClient
 	for flag, d := range map[string]time.Duration{
 		"agent-client.tls.refresh":   ac.TLS.Refresh,
@@ -72,6 +74,19 @@ func (c *AgentCmd) Run(e *Env) error {
 	}
 	if ac.MaxStreams < 1 {
 		return fmt.Errorf("--agent-client.max-streams: must be at least 1, got %d", ac.MaxStreams)
+	}
+	if _, _, err := net.SplitHostPort(ac.ServerAddress); err != nil {
+		return fmt.Errorf("--agent-client.server-address: %w", err)
+	}
+	_, err := adminAddress(c.Admin, c.Metrics)
+	return err
+}
+
+// Run starts the agent and blocks until the context ends.
+func (c *AgentCmd) Run(e *Env) error {
+	ac := &c.AgentClient
+	if err := c.validate(); err != nil {
+		return err
 	}
 	var credential func() (string, error)
 	switch c.Auth.Type {
@@ -101,10 +116,7 @@ func (c *AgentCmd) Run(e *Env) error {
 	if err != nil {
 		return err
 	}
-	if _, _, err := net.SplitHostPort(ac.ServerAddress); err != nil {
-		return fmt.Errorf("--agent-client.server-address: %w", err)
-	}
-	tlsConf, err := tlsconf.Client(tlsconf.ClientOptions{
+	tlsFiles, err := tlsconf.NewClient(tlsconf.ClientOptions{
 		Files:              tlsconf.ClientFiles{Key: ac.TLS.File.Key, Cert: ac.TLS.File.Cert, RootCA: ac.TLS.File.RootCA},
 		Refresh:            ac.TLS.Refresh,
 		InsecureSkipVerify: ac.TLS.InsecureSkipVerify,
@@ -137,7 +149,7 @@ func (c *AgentCmd) Run(e *Env) error {
 		Audit:            auditLog,
 		ServerAddr:       ac.ServerAddress,
 		ID:               agentID,
-		TLS:              tlsConf,
+		TLS:              tlsFiles.Config(),
 		Credential:       credential,
 		Allow:            allowList,
 		DialTimeout:      ac.DialTimeout,
@@ -149,8 +161,34 @@ func (c *AgentCmd) Run(e *Env) error {
 		ShutdownTimeout:  c.ShutdownTimeout,
 		BackoffMax:       ac.BackoffMax,
 		BlockLocal:       ac.BlockLocal,
+		Reload:           c.reloader(e, tlsFiles),
 	}, e.Log)
 	return listenError(a.Run(e.Ctx), map[string]string{"admin": adminFlag(c.Admin)})
+}
+
+// reloader is the agent's reload: the TLS files, the log level and the
+// allowlist.
+func (c *AgentCmd) reloader(e *Env, tlsFiles *tlsconf.Reloadable) reload.Load {
+	r := &reloader{e: e, reloadable: agentReloadable, tls: []reloadTLS{{"agent-client", tlsFiles}}}
+	whitelist := c.AgentClient.HostWhitelist
+	return func() (*reload.Update, error) {
+		next, u, err := r.begin()
+		if err != nil {
+			return nil, err
+		}
+		if err := next.Agent.validate(); err != nil {
+			return nil, err
+		}
+		list := next.Agent.AgentClient.HostWhitelist
+		if u.Allow, err = parseAllow("agent-client.host-whitelist", list); err != nil {
+			return nil, err
+		}
+		if !slices.Equal(list, whitelist) {
+			u.Changed = append(u.Changed, "--agent-client.host-whitelist")
+		}
+		then(u, func() { whitelist = list })
+		return u, nil
+	}
 }
 
 // inlineFlag reports whether args (the command line, without the program

@@ -6,6 +6,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -50,18 +51,24 @@ type LogConfig struct {
 // LevelTrace is below slog.LevelDebug, as in the reference.
 const LevelTrace = slog.Level(-8)
 
-func (c LogConfig) logger(w io.Writer) *slog.Logger {
-	level := slog.LevelInfo
+// level is the slog level of --log.level.
+func (c LogConfig) level() slog.Level {
 	switch c.Level {
 	case "trace":
-		level = LevelTrace
+		return LevelTrace
 	case "debug":
-		level = slog.LevelDebug
+		return slog.LevelDebug
 	case "warn":
-		level = slog.LevelWarn
+		return slog.LevelWarn
 	case "error":
-		level = slog.LevelError
+		return slog.LevelError
 	}
+	return slog.LevelInfo
+}
+
+// logger writes to w at level, which a configuration reload may change.
+func (c LogConfig) logger(w io.Writer, level *slog.LevelVar) *slog.Logger {
+	level.Set(c.level())
 	opts := &slog.HandlerOptions{
 		Level: level,
 		ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
@@ -106,6 +113,13 @@ type Env struct {
 	Stdin  io.Reader
 	Stdout io.Writer
 	Stderr io.Writer
+	// Level is the logger's level, which a reload sets.
+	Level *slog.LevelVar
+	// parsed is the parse the command runs with; reparse parses Args
+	// again from the same sources (config files, environment) into a
+	// fresh CLI, for a configuration reload.
+	parsed  *kong.Context
+	reparse func() (*CLI, *kong.Context, error)
 }
 
 // Main parses args (without the program name) and runs the command. It
@@ -113,31 +127,16 @@ type Env struct {
 func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	var cli CLI
 	exit := -1
-	opts := []kong.Option{
-		kong.Name("reverse-http"),
-		kong.Description("Reverse HTTP proxy over QUIC: agents dial out to the proxy; clients use the proxy as an HTTP proxy."),
-		kong.Configuration(kong.JSON, "/etc/reverse-http/config.json", homePath(".reverse-http.json")),
-		kong.Configuration(kongyaml.Loader, "/etc/reverse-http/config.yaml", homePath(".reverse-http.yaml")),
-		kong.Writers(stdout, stderr),
-		kong.Exit(func(code int) {
-			if exit < 0 {
-				exit = code
-			}
-			panic(exitPanic{})
-		}),
-	}
-	if path, source, err := explicitConfig(args); err != nil {
+	opts, source, err := parserOptions(args, stdout, stderr, func(code int) {
+		if exit < 0 {
+			exit = code
+		}
+		panic(exitPanic{})
+	})
+	if err != nil {
 		fmt.Fprintf(stderr, "reverse-http: error: %s: %v\n", source, err)
 		return 2
-	} else if path != "" {
-		loader := kongyaml.Loader
-		if strings.EqualFold(filepath.Ext(path), ".json") {
-			loader = kong.JSON
-		}
-		opts = append(opts, kong.Configuration(loader, path))
 	}
-	// After the configuration files: the environment overrides them.
-	opts = append(opts, envOptions()...)
 	code, done := func() (code int, done bool) {
 		defer func() {
 			if r := recover(); r != nil {
@@ -162,8 +161,10 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 			return 2, true
 		}
 		metrics.Version, metrics.Commit = Version, Commit
-		log := cli.Log.logger(stderr)
-		env := &Env{Ctx: ctx, Log: log, Args: args, Stdin: stdin, Stdout: stdout, Stderr: stderr}
+		level := new(slog.LevelVar)
+		log := cli.Log.logger(stderr, level)
+		env := &Env{Ctx: ctx, Log: log, Args: args, Stdin: stdin, Stdout: stdout, Stderr: stderr,
+			Level: level, parsed: kctx, reparse: func() (*CLI, *kong.Context, error) { return reparse(args) }}
 		if err := kctx.Run(env); err != nil {
 			fmt.Fprintf(stderr, "reverse-http: error: %s\n", oneLine(err))
 			return 1, true
@@ -174,6 +175,64 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 		return code
 	}
 	return 0
+}
+
+// parserOptions are kong's options for args: the configuration files
+// (with --config or $REVERSE_HTTP_CONFIG), then the environment. An error
+// is an unreadable --config file; source names where it came from.
+func parserOptions(args []string, stdout, stderr io.Writer, exit func(int)) (opts []kong.Option, source string, err error) {
+	opts = []kong.Option{
+		kong.Name("reverse-http"),
+		kong.Description("Reverse HTTP proxy over QUIC: agents dial out to the proxy; clients use the proxy as an HTTP proxy."),
+		kong.Configuration(kong.JSON, "/etc/reverse-http/config.json", homePath(".reverse-http.json")),
+		kong.Configuration(kongyaml.Loader, "/etc/reverse-http/config.yaml", homePath(".reverse-http.yaml")),
+		kong.Writers(stdout, stderr),
+		kong.Exit(exit),
+	}
+	path, source, err := explicitConfig(args)
+	if err != nil {
+		return nil, source, err
+	}
+	if path != "" {
+		loader := kongyaml.Loader
+		if strings.EqualFold(filepath.Ext(path), ".json") {
+			loader = kong.JSON
+		}
+		opts = append(opts, kong.Configuration(loader, path))
+	}
+	// After the configuration files: the environment overrides them.
+	return append(opts, envOptions()...), "", nil
+}
+
+// reparse parses args again as Main did, reading the configuration files
+// and the environment anew, into a fresh CLI. Errors are one line, naming
+// the setting where kong does.
+func reparse(args []string) (cli *CLI, kctx *kong.Context, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			if _, ok := r.(exitPanic); !ok {
+				panic(r)
+			}
+			cli, kctx, err = nil, nil, errors.New("the new configuration asks to exit (--help or --version-json)")
+		}
+	}()
+	opts, source, err := parserOptions(args, io.Discard, io.Discard, func(int) { panic(exitPanic{}) })
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", source, err)
+	}
+	cli = new(CLI)
+	parser, err := kong.New(cli, opts...)
+	if err != nil {
+		return nil, nil, errors.New(oneLine(err))
+	}
+	kctx, err = parser.Parse(args)
+	if e, ok := asEnvError(err); ok {
+		return nil, nil, errors.New(oneLine(e))
+	}
+	if err != nil {
+		return nil, nil, errors.New(oneLine(err))
+	}
+	return cli, kctx, nil
 }
 
 type exitPanic struct{}

@@ -37,8 +37,8 @@ type LBCmd struct {
 	HTTPLimits HTTPProxyLimits `embed:"" prefix:"http-proxy."`
 }
 
-// Run starts the lb and blocks until the context ends.
-func (c *LBCmd) Run(e *Env) error {
+// validate checks the settings that need no file.
+func (c *LBCmd) validate() error {
 	for flag, d := range map[string]time.Duration{
 		"http-proxy.tls.refresh":      c.HTTPProxy.TLS.Refresh,
 		"http-connector.tls.refresh":  c.HTTPConnector.TLS.Refresh,
@@ -51,6 +51,15 @@ func (c *LBCmd) Run(e *Env) error {
 		}
 	}
 	if err := c.Limits.check(c.HTTPLimits); err != nil {
+		return err
+	}
+	_, err := adminAddress(c.Admin, c.Metrics)
+	return err
+}
+
+// Run starts the lb and blocks until the context ends.
+func (c *LBCmd) Run(e *Env) error {
+	if err := c.validate(); err != nil {
 		return err
 	}
 	cs, err := newClientSide(e, c.Auth, c.HTTPProxy.HostWhitelist, c.HTTPProxy.TLS, c.HTTPConnector.TLS)
@@ -77,20 +86,26 @@ func (c *LBCmd) Run(e *Env) error {
 	n := lb.NewNode(lb.NodeConfig{
 		Front:              c.Limits.frontConfig(c.HTTPLimits, front.Config{Auth: cs.auth, Allow: cs.allow}),
 		HTTPAddr:           c.HTTPProxy.ListenAddress,
-		HTTPTLS:            cs.serverTLS,
+		HTTPTLS:            cs.serverTLS.Config(),
 		Store:              store,
 		Key:                key,
-		ForwardTLS:         cs.connectorTLS,
+		ForwardTLS:         cs.connectorTLS.Config(),
 		ForwardDialTimeout: c.HTTPConnector.DialTimeout,
 		AdminAddr:          adminAddr,
 		Pprof:              c.Admin.Pprof,
 		Metrics:            m,
 		Audit:              auditLog,
 		ShutdownTimeout:    c.ShutdownTimeout,
+		Reload: clientSideReload(e,
+			[]reloadTLS{{"http-proxy", cs.serverTLS}, {"http-connector", cs.connectorTLS}},
+			cs, c.Auth, c.HTTPProxy.HostWhitelist,
+			func(next *CLI) (func() error, AuthVerifier, []string) {
+				return next.LB.validate, next.LB.Auth, next.LB.HTTPProxy.HostWhitelist
+			}),
 	}, e.Log)
 	if err := n.Listen(); err != nil {
 		return listenError(err, map[string]string{"clients": "http-proxy.listen-address", "admin": adminFlag(c.Admin)})
 	}
-	logListening(e, n.HTTPAddr(), cs.serverTLS, c.Auth.Type, cs.allow)
+	logListening(e, n.HTTPAddr(), cs.serverTLS.Config(), c.Auth.Type, cs.allow)
 	return runError(n.Run(e.Ctx))
 }

@@ -54,11 +54,11 @@ type ConnectorTLS struct {
 	} `embed:"" prefix:"file."`
 }
 
-func (c ConnectorTLS) config(e *Env) (*tls.Config, error) {
+func (c ConnectorTLS) config(e *Env) (*tlsconf.Reloadable, error) {
 	if !c.Enable {
 		return nil, nil
 	}
-	conf, err := tlsconf.Client(tlsconf.ClientOptions{
+	conf, err := tlsconf.NewClient(tlsconf.ClientOptions{
 		Files: tlsconf.ClientFiles{
 			Key: c.File.Key, Cert: c.File.Cert, RootCA: c.File.RootCA, KeyPassword: c.File.KeyPassword,
 		},
@@ -188,20 +188,22 @@ func (c MemcachedConfig) store(key []byte, e *Env) (*route.Memcached, error) {
 	return m, nil
 }
 
-func (a AuthVerifier) authenticator() (auth.Authenticator, error) {
+// authenticator reads the public key, with --auth.type=jwt, and returns
+// the authenticator and the key file's contents.
+func (a AuthVerifier) authenticator() (auth.Authenticator, []byte, error) {
 	switch a.Type {
 	case "jwt":
 		pem, err := os.ReadFile(a.JWT.PublicKey)
 		if err != nil {
-			return nil, fmt.Errorf("--auth.jwt.public-key: %w", err)
+			return nil, nil, fmt.Errorf("--auth.jwt.public-key: %w", err)
 		}
 		pub, err := auth.ParsePublicKey(pem)
 		if err != nil {
-			return nil, fmt.Errorf("--auth.jwt.public-key %q: %w", a.JWT.PublicKey, err)
+			return nil, nil, fmt.Errorf("--auth.jwt.public-key %q: %w", a.JWT.PublicKey, err)
 		}
-		return auth.JWT(auth.NewVerifier(pub, a.JWT.Audience)), nil
+		return auth.JWT(auth.NewVerifier(pub, a.JWT.Audience)), pem, nil
 	default:
-		return auth.NoAuth(), nil
+		return auth.NoAuth(), nil, nil
 	}
 }
 
@@ -220,8 +222,8 @@ func checkDuration(flag string, d time.Duration) error {
 	return nil
 }
 
-// Run starts the proxy and blocks until the context ends.
-func (c *ProxyCmd) Run(e *Env) error {
+// validate checks the settings that need no file.
+func (c *ProxyCmd) validate() error {
 	for flag, d := range map[string]time.Duration{
 		"agent-server.tls.refresh":        c.AgentServer.TLS.Refresh,
 		"agent-server.agent.dial-timeout": c.AgentServer.Agent.DialTimeout,
@@ -242,18 +244,27 @@ func (c *ProxyCmd) Run(e *Env) error {
 	if c.Store.Type == "memcached" && c.Store.TTL < 3*time.Second {
 		return fmt.Errorf("--store.ttl: must be at least 3s (routes are renewed every ttl/3), got %s", c.Store.TTL)
 	}
+	if c.AgentServer.TLS.AgentIDFromCert != "" && c.AgentServer.TLS.File.ClientCA == "" {
+		return errors.New("--agent-server.tls.agent-id-from-cert needs --agent-server.tls.file.client-ca: without client certificates there is nothing to match the agent ID against")
+	}
+	_, err := adminAddress(c.Admin, c.Metrics)
+	return err
+}
+
+// Run starts the proxy and blocks until the context ends.
+func (c *ProxyCmd) Run(e *Env) error {
+	if err := c.validate(); err != nil {
+		return err
+	}
 	cs, err := newClientSide(e, c.Auth, c.HTTPProxy.HostWhitelist, c.HTTPProxy.TLS, c.HTTPConnector.TLS)
 	if err != nil {
 		return err
 	}
-	authn, allowList, proxyTLS, connectorTLS := cs.auth, cs.allow, cs.serverTLS, cs.connectorTLS
-	if c.AgentServer.TLS.AgentIDFromCert != "" && c.AgentServer.TLS.File.ClientCA == "" {
-		return errors.New("--agent-server.tls.agent-id-from-cert needs --agent-server.tls.file.client-ca: without client certificates there is nothing to match the agent ID against")
-	}
+	authn, allowList, proxyTLS, connectorTLS := cs.auth, cs.allow, cs.serverTLS.Config(), cs.connectorTLS.Config()
 	if mode := c.AgentServer.TLS.AgentIDFromCert; mode != "" {
 		e.Log.Info("agent IDs are bound to client certificates: an agent whose certificate does not name its ID is refused", "agent_id_from_cert", mode)
 	}
-	agentTLS, selfSigned, err := c.agentTLS(e)
+	agentFiles, agentTLS, selfSigned, err := c.agentTLS(e)
 	if err != nil {
 		return err
 	}
@@ -283,6 +294,12 @@ func (c *ProxyCmd) Run(e *Env) error {
 		Pprof:           c.Admin.Pprof,
 		Metrics:         metrics.New(),
 		ShutdownTimeout: c.ShutdownTimeout,
+		Reload: clientSideReload(e,
+			[]reloadTLS{{"agent-server", agentFiles}, {"http-proxy", cs.serverTLS}, {"http-connector", cs.connectorTLS}},
+			cs, c.Auth, c.HTTPProxy.HostWhitelist,
+			func(next *CLI) (func() error, AuthVerifier, []string) {
+				return next.Proxy.validate, next.Proxy.Auth, next.Proxy.HTTPProxy.HostWhitelist
+			}),
 	}
 	if cfg.Audit, err = c.Audit.open(cfg.Metrics, e.Log); err != nil {
 		return err
@@ -383,12 +400,13 @@ func (c *ProxyCmd) resetKey() (*quic.StatelessResetKey, error) {
 // they may go, the TLS of the client port, and the TLS used to forward.
 type clientSide struct {
 	auth                    auth.Authenticator
+	publicKey               []byte // of auth, with --auth.type=jwt
 	allow                   *allow.List
-	serverTLS, connectorTLS *tls.Config
+	serverTLS, connectorTLS *tlsconf.Reloadable // nil when not enabled
 }
 
 func newClientSide(e *Env, a AuthVerifier, whitelist []string, serverTLS HTTPProxyTLS, connectorTLS ConnectorTLS) (cs clientSide, err error) {
-	if cs.auth, err = a.authenticator(); err != nil {
+	if cs.auth, cs.publicKey, err = a.authenticator(); err != nil {
 		return cs, err
 	}
 	if cs.allow, err = parseAllow("http-proxy.host-whitelist", whitelist); err != nil {
@@ -401,12 +419,12 @@ func newClientSide(e *Env, a AuthVerifier, whitelist []string, serverTLS HTTPPro
 	return cs, err
 }
 
-func (t HTTPProxyTLS) config(e *Env) (*tls.Config, error) {
+func (t HTTPProxyTLS) config(e *Env) (*tlsconf.Reloadable, error) {
 	if !t.Enable {
 		return nil, nil
 	}
 	f := t.File
-	conf, err := tlsconf.Server(tlsconf.ServerFiles{
+	conf, err := tlsconf.NewServer(tlsconf.ServerFiles{
 		Key: f.Key, Cert: f.Cert, ClientCA: f.ClientCA, ClientCRL: f.ClientCRL, KeyPassword: t.KeyPassword,
 	}, t.Refresh, e.Log)
 	if err != nil {
@@ -424,27 +442,28 @@ func logListening(e *Env, addr net.Addr, tlsConf *tls.Config, authType string, a
 		"auth", authType, "allowlist", allowList.String())
 }
 
-// agentTLS is the agent server's TLS configuration. Without certificate
-// files it is a self-signed certificate, whose fingerprint it returns.
-func (c *ProxyCmd) agentTLS(e *Env) (conf *tls.Config, selfSigned string, err error) {
+// agentTLS is the agent server's TLS configuration, and its files. Without
+// certificate files it is a self-signed certificate, whose fingerprint it
+// returns, and files is nil.
+func (c *ProxyCmd) agentTLS(e *Env) (files *tlsconf.Reloadable, conf *tls.Config, selfSigned string, err error) {
 	f := c.AgentServer.TLS.File
 	if f.Cert == "" && f.Key == "" {
 		if f.ClientCA != "" {
-			return nil, "", errors.New("--agent-server.tls.file.client-ca needs --agent-server.tls.file.cert and --agent-server.tls.file.key")
+			return nil, nil, "", errors.New("--agent-server.tls.file.client-ca needs --agent-server.tls.file.cert and --agent-server.tls.file.key")
 		}
 		cert, fp, err := tlsconf.SelfSigned([]string{"localhost", "127.0.0.1", "::1"})
 		if err != nil {
-			return nil, "", err
+			return nil, nil, "", err
 		}
-		return &tls.Config{Certificates: []tls.Certificate{cert}}, fp, nil
+		return nil, &tls.Config{Certificates: []tls.Certificate{cert}}, fp, nil
 	}
-	conf, err = tlsconf.Server(tlsconf.ServerFiles{
+	files, err = tlsconf.NewServer(tlsconf.ServerFiles{
 		Key: f.Key, Cert: f.Cert, ClientCA: f.ClientCA, ClientCRL: f.ClientCRL,
 	}, c.AgentServer.TLS.Refresh, e.Log)
 	if err != nil {
-		return nil, "", flagError("agent-server", err)
+		return nil, nil, "", flagError("agent-server", err)
 	}
-	return conf, "", nil
+	return files, files.Config(), "", nil
 }
 
 // flagError names the full flag in a tlsconf error, whose messages name

@@ -108,7 +108,21 @@ type Handler struct {
 	clients    *clientCounts     // nil without MaxTunnelsPerClient
 	idle       *relay.IdleCloser // nil without TunnelIdleTimeout
 	open       openSet           // tunnels and requests open now
+
+	// Config.Auth and Config.Allow, or what SetAuth and SetAllow put in
+	// their place.
+	authn     atomic.Pointer[auth.Authenticator]
+	allowList atomic.Pointer[allow.List]
 }
+
+// SetAuth checks the requests that arrive from now on with a; open
+// tunnels stay open. For a configuration reload.
+func (h *Handler) SetAuth(a auth.Authenticator) { h.authn.Store(&a) }
+
+// SetAllow checks the destinations of requests that arrive from now on
+// against l (nil or empty allows all); open tunnels stay open. For a
+// configuration reload.
+func (h *Handler) SetAllow(l *allow.List) { h.allowList.Store(l) }
 
 // New makes a Handler.
 func New(cfg Config, log *slog.Logger) *Handler {
@@ -116,6 +130,8 @@ func New(cfg Config, log *slog.Logger) *Handler {
 		cfg.BodyIdleTimeout = BodyIdleTimeout
 	}
 	h := &Handler{cfg: cfg, log: log, idle: relay.NewIdleCloser(cfg.TunnelIdleTimeout)}
+	h.SetAuth(cfg.Auth)
+	h.SetAllow(cfg.Allow)
 	h.transports = newTransports(cfg.MaxTransports, h.newTransport)
 	if cfg.MaxTunnelsPerClient > 0 {
 		h.clients = newClientCounts(cfg.MaxTunnelsPerClient)
@@ -194,7 +210,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		forwarded: r.Header.Get(ForwardedHeader) != "",
 	}))
 	host, port, _ := wire.SplitHostPort(target)
-	if !h.cfg.Allow.Allowed(host, port) {
+	if !h.allowList.Load().Allowed(host, port) {
 		h.fail(w, r, start, agentID, target, http.StatusForbidden, "destination "+target+" is not allowed by the proxy's allowlist")
 		return
 	}
@@ -274,7 +290,7 @@ func (h *Handler) authenticate(r *http.Request) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if err := h.cfg.Auth.Client(user, pass); err != nil {
+	if err := (*h.authn.Load()).Client(user, pass); err != nil {
 		return user, err
 	}
 	return user, nil

@@ -16,6 +16,7 @@ import (
 	"github.com/reverse-http/reverse-http/internal/audit"
 	"github.com/reverse-http/reverse-http/internal/front"
 	"github.com/reverse-http/reverse-http/internal/metrics"
+	"github.com/reverse-http/reverse-http/internal/reload"
 	"github.com/reverse-http/reverse-http/internal/route"
 	"github.com/reverse-http/reverse-http/internal/run"
 )
@@ -50,6 +51,10 @@ type NodeConfig struct {
 	// ShutdownTimeout bounds the stop, counted from the end of Run's
 	// context; zero means 5s.
 	ShutdownTimeout time.Duration
+	// Reload, if not nil, is called on SIGHUP while Run runs: the
+	// update's allowlist and authenticator replace the client front's
+	// (see package reload). Nil: SIGHUP is not handled.
+	Reload reload.Load
 }
 
 // Node is the lb role: the client front, forwarding every tunnel to the
@@ -147,6 +152,14 @@ func (n *Node) Run(ctx context.Context) error {
 			return admin.Serve(ctx, n.adminLn, admin.Config{
 				Role: "lb", Metrics: n.metrics, Ready: n.Ready, Pprof: n.cfg.Pprof, Tunnels: n.front.Tunnels,
 			}, n.log.With("component", "admin"))
+		})
+	}
+	if n.cfg.Reload != nil {
+		parts = append(parts, func(ctx context.Context) error {
+			return reload.Watch(ctx, n.log, n.cfg.Reload, func(u *reload.Update) {
+				n.front.SetAllow(u.Allow)
+				n.front.SetAuth(u.Auth)
+			})
 		})
 	}
 	n.serving.Store(true)

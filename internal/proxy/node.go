@@ -18,6 +18,7 @@ import (
 	"github.com/reverse-http/reverse-http/internal/front"
 	"github.com/reverse-http/reverse-http/internal/lb"
 	"github.com/reverse-http/reverse-http/internal/metrics"
+	"github.com/reverse-http/reverse-http/internal/reload"
 	"github.com/reverse-http/reverse-http/internal/route"
 	"github.com/reverse-http/reverse-http/internal/run"
 )
@@ -51,6 +52,11 @@ type NodeConfig struct {
 	// ShutdownTimeout bounds the whole stop, counted from the end of
 	// Run's context; zero means 5s.
 	ShutdownTimeout time.Duration
+	// Reload, if not nil, is called on SIGHUP while Run runs: the
+	// update's allowlist and authenticator replace the client front's and
+	// the agent server's (see package reload). Nil: SIGHUP is not
+	// handled.
+	Reload reload.Load
 }
 
 // ClusterConfig is a proxy's part in an HA cluster.
@@ -255,6 +261,11 @@ func (n *Node) Run(ctx context.Context) error {
 			}, n.log.With("component", "admin"))
 		})
 	}
+	if n.cfg.Reload != nil {
+		parts = append(parts, func(ctx context.Context) error {
+			return reload.Watch(ctx, n.log, n.cfg.Reload, n.apply)
+		})
+	}
 	n.serving.Store(true)
 	stopDrain := context.AfterFunc(ctx, func() {
 		n.serving.Store(false)
@@ -268,6 +279,14 @@ func (n *Node) Run(ctx context.Context) error {
 	return run.Outlast(ctx, n.cfg.Audit.Run, func(ctx context.Context) error {
 		return run.Bounded(ctx, n.cfg.ShutdownTimeout, parts...)
 	})
+}
+
+// apply swaps in a reloaded configuration's parts: requests and agent
+// handshakes from now on use them; tunnels and agents stay connected.
+func (n *Node) apply(u *reload.Update) {
+	n.front.SetAllow(u.Allow)
+	n.front.SetAuth(u.Auth)
+	n.agents.SetAuth(u.Auth)
 }
 
 // SelfAddress is the address a proxy whose client listener was asked for

@@ -106,7 +106,13 @@ type Server struct {
 	dups map[string]*dupState
 	wg   sync.WaitGroup
 	hs   *handshakeLimiter // nil without a handshake rate limit
+	// authn is Config.Auth, or what SetAuth put in its place.
+	authn atomic.Pointer[auth.Authenticator]
 }
+
+// SetAuth checks the credentials of agents that authenticate from now on
+// with a; connected agents stay connected. For a configuration reload.
+func (s *Server) SetAuth(a auth.Authenticator) { s.authn.Store(&a) }
 
 type session struct {
 	id      string
@@ -146,6 +152,7 @@ func New(cfg Config, log *slog.Logger) *Server {
 		cfg.DuplicateProbe = 3 * time.Second
 	}
 	s := &Server{cfg: cfg, log: log, agents: make(map[string]*session), dups: make(map[string]*dupState)}
+	s.SetAuth(cfg.Auth)
 	if cfg.HandshakesPerSecond > 0 {
 		s.hs = newHandshakeLimiter(cfg.HandshakesPerSecond, cfg.HandshakeBurst, log, cfg.Metrics)
 	}
@@ -164,13 +171,28 @@ func (s *Server) quicConfig() *quic.Config {
 
 // Listen binds the UDP listener.
 func (s *Server) Listen() error {
+	adjust := func(c *tls.Config) {
+		c.NextProtos = []string{wire.ALPN}
+		// Agents never resume sessions; a ticket would cost every
+		// connection a few KB of memory for nothing.
+		c.SessionTicketsDisabled = true
+		if c.MinVersion < tls.VersionTLS13 {
+			c.MinVersion = tls.VersionTLS13
+		}
+	}
 	tlsConf := s.cfg.TLS.Clone()
-	tlsConf.NextProtos = []string{wire.ALPN}
-	// Agents never resume sessions; a ticket would cost every connection
-	// a few KB of memory for nothing.
-	tlsConf.SessionTicketsDisabled = true
-	if tlsConf.MinVersion < tls.VersionTLS13 {
-		tlsConf.MinVersion = tls.VersionTLS13
+	adjust(tlsConf)
+	if get := tlsConf.GetConfigForClient; get != nil {
+		// A configuration whose certificates are reloaded (tlsconf) answers
+		// each handshake with a fresh clone of itself, made before the
+		// changes above: make them there too.
+		tlsConf.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			c, err := get(hello)
+			if c != nil {
+				adjust(c)
+			}
+			return c, err
+		}
 	}
 	udpAddr, err := net.ResolveUDPAddr("udp", s.cfg.ListenAddr)
 	if err != nil {
@@ -501,7 +523,7 @@ func (s *Server) authenticate(ctx context.Context, conn *quic.Conn) (string, err
 	if cred == "" {
 		return "", errEmptyID
 	}
-	id, err := s.cfg.Auth.Agent(cred)
+	id, err := (*s.authn.Load()).Agent(cred)
 	if err != nil {
 		return "", err
 	}

@@ -143,20 +143,54 @@ func (f file) fail(err error) error {
 // readFiles reads every file and returns their contents with a digest of all
 // of them, used to skip re-parsing when nothing changed.
 func readFiles(files ...file) ([][]byte, [sha256.Size]byte, error) {
+	data, sum, _, err := readFileSums(files...)
+	return data, sum, err
+}
+
+// fileSum is the digest of one file's contents, to tell which files a
+// reload changed.
+type fileSum struct {
+	setting setting
+	sum     [sha256.Size]byte
+}
+
+// readFileSums is readFiles that also returns each file's digest.
+func readFileSums(files ...file) ([][]byte, [sha256.Size]byte, []fileSum, error) {
 	h := sha256.New()
 	data := make([][]byte, len(files))
+	sums := make([]fileSum, len(files))
 	for i, f := range files {
 		b, err := os.ReadFile(f.path)
 		if err != nil {
-			return nil, [sha256.Size]byte{}, f.fail(err)
+			return nil, [sha256.Size]byte{}, nil, f.fail(err)
 		}
 		data[i] = b
+		sums[i] = fileSum{f.setting, sha256.Sum256(b)}
 		_ = binary.Write(h, binary.BigEndian, uint64(len(b)))
 		h.Write(b)
 	}
 	var sum [sha256.Size]byte
 	h.Sum(sum[:0])
-	return data, sum, nil
+	return data, sum, sums, nil
+}
+
+// changedFiles returns the settings whose file contents differ between two
+// loads, in the order of next.
+func changedFiles(prev, next []fileSum) []string {
+	var changed []string
+	for _, n := range next {
+		same := false
+		for _, p := range prev {
+			if p.setting == n.setting {
+				same = p.sum == n.sum
+				break
+			}
+		}
+		if !same {
+			changed = append(changed, string(n.setting))
+		}
+	}
+	return changed
 }
 
 // ServerFiles are the server's PEM files. The zero value of a field means
@@ -179,6 +213,7 @@ type ServerFiles struct {
 // modified after it is built.
 type serverMaterial struct {
 	sum       [sha256.Size]byte
+	sums      []fileSum
 	cert      tls.Certificate
 	clientCAs *x509.CertPool // nil: no client authentication
 	revoked   revocations    // nil: no CRL
@@ -199,30 +234,55 @@ type serverMaterial struct {
 // logged with logger (nil: slog.Default) and the previous material is kept;
 // it is tried again after another refresh.
 func Server(f ServerFiles, refresh time.Duration, logger *slog.Logger) (*tls.Config, error) {
+	cfg, _, err := server(f, refresh, false, logger)
+	return cfg, err
+}
+
+// NewServer is Server, with the files also re-read on demand (see
+// Reloadable). Its Config always answers handshakes through
+// GetConfigForClient, with a clone of itself carrying the current material.
+func NewServer(f ServerFiles, refresh time.Duration, logger *slog.Logger) (*Reloadable, error) {
+	cfg, src, err := server(f, refresh, true, logger)
+	if err != nil {
+		return nil, err
+	}
+	return &Reloadable{config: cfg, check: func() ([]string, func(), error) {
+		prev, next, apply, err := src.prepare()
+		if err != nil || next == prev {
+			return nil, apply, err
+		}
+		return changedFiles(prev.sums, next.sums), apply, nil
+	}}, nil
+}
+
+// server builds Server's configuration; dynamic sets GetConfigForClient
+// even without a refresh interval, so that Reloadable can change the
+// material.
+func server(f ServerFiles, refresh time.Duration, dynamic bool, logger *slog.Logger) (*tls.Config, *source[serverMaterial], error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
 	switch {
 	case f.Cert == "" && f.Key == "":
-		return nil, errorf("%s and %s are required", settingCert, settingKey)
+		return nil, nil, errorf("%s and %s are required", settingCert, settingKey)
 	case f.Key == "":
-		return nil, errorf("%s is set but %s is not", settingCert, settingKey)
+		return nil, nil, errorf("%s is set but %s is not", settingCert, settingKey)
 	case f.Cert == "":
-		return nil, errorf("%s is set but %s is not", settingKey, settingCert)
+		return nil, nil, errorf("%s is set but %s is not", settingKey, settingCert)
 	case f.ClientCRL != "" && f.ClientCA == "":
-		return nil, errorf("%s requires %s", settingClientCRL, settingClientCA)
+		return nil, nil, errorf("%s requires %s", settingClientCRL, settingClientCA)
 	}
 
 	src, err := newSource(refresh, logger, func(prev *serverMaterial) (*serverMaterial, error) {
 		return loadServer(f, prev, logger)
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
 	src.get().apply(cfg)
-	if refresh > 0 {
+	if refresh > 0 || dynamic {
 		cfg.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
 			c := cfg.Clone()
 			c.GetConfigForClient = nil
@@ -230,7 +290,7 @@ func Server(f ServerFiles, refresh time.Duration, logger *slog.Logger) (*tls.Con
 			return c, nil
 		}
 	}
-	return cfg, nil
+	return cfg, src, nil
 }
 
 // apply sets the material's certificate and client authentication on c.
@@ -256,7 +316,7 @@ func loadServer(f ServerFiles, prev *serverMaterial, logger *slog.Logger) (*serv
 	if f.ClientCRL != "" {
 		files = append(files, crl)
 	}
-	data, sum, err := readFiles(files...)
+	data, sum, sums, err := readFileSums(files...)
 	if err != nil {
 		return nil, err
 	}
@@ -264,7 +324,7 @@ func loadServer(f ServerFiles, prev *serverMaterial, logger *slog.Logger) (*serv
 		return prev, nil
 	}
 
-	m := &serverMaterial{sum: sum}
+	m := &serverMaterial{sum: sum, sums: sums}
 	if m.cert, err = keyPair(cert, data[0], key, data[1], f.KeyPassword, logger); err != nil {
 		return nil, err
 	}
@@ -404,6 +464,7 @@ type ClientOptions struct {
 // clientMaterial is one load of the client certificate and key.
 type clientMaterial struct {
 	sum  [sha256.Size]byte
+	sums []fileSum
 	cert tls.Certificate
 }
 
@@ -415,6 +476,16 @@ type clientMaterial struct {
 // pool. With Cert and Key, GetClientCertificate presents that certificate,
 // re-reading the files as described for Server when o.Refresh > 0.
 func Client(o ClientOptions, logger *slog.Logger) (*tls.Config, error) {
+	r, err := NewClient(o, logger)
+	if err != nil {
+		return nil, err
+	}
+	return r.config, nil
+}
+
+// NewClient is Client, with the client certificate and key also re-read on
+// demand (see Reloadable). RootCA is not: it is read once.
+func NewClient(o ClientOptions, logger *slog.Logger) (*Reloadable, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
@@ -426,6 +497,7 @@ func Client(o ClientOptions, logger *slog.Logger) (*tls.Config, error) {
 		return nil, errorf("%s is set but %s is not", settingKey, settingCert)
 	}
 
+	r := &Reloadable{check: func() ([]string, func(), error) { return nil, func() {}, nil }}
 	cfg := &tls.Config{
 		MinVersion:         tls.VersionTLS12,
 		InsecureSkipVerify: o.InsecureSkipVerify, //nolint:gosec // G402: an explicit operator choice (tls.insecure-skip-verify)
@@ -459,7 +531,7 @@ func Client(o ClientOptions, logger *slog.Logger) (*tls.Config, error) {
 	if f.Cert != "" {
 		cert, key := file{settingCert, f.Cert}, file{settingKey, f.Key}
 		src, err := newSource(o.Refresh, logger, func(prev *clientMaterial) (*clientMaterial, error) {
-			data, sum, err := readFiles(cert, key)
+			data, sum, sums, err := readFileSums(cert, key)
 			if err != nil {
 				return nil, err
 			}
@@ -470,7 +542,7 @@ func Client(o ClientOptions, logger *slog.Logger) (*tls.Config, error) {
 			if err != nil {
 				return nil, err
 			}
-			return &clientMaterial{sum: sum, cert: kp}, nil
+			return &clientMaterial{sum: sum, sums: sums, cert: kp}, nil
 		})
 		if err != nil {
 			return nil, err
@@ -480,8 +552,60 @@ func Client(o ClientOptions, logger *slog.Logger) (*tls.Config, error) {
 		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			return &src.get().cert, nil
 		}
+		r.check = func() ([]string, func(), error) {
+			prev, next, apply, err := src.prepare()
+			if err != nil || next == prev {
+				return nil, apply, err
+			}
+			return changedFiles(prev.sums, next.sums), apply, nil
+		}
 	}
-	return cfg, nil
+	r.config = cfg
+	return r, nil
+}
+
+// Reloadable is a TLS configuration made from files (NewServer,
+// NewClient) whose files can also be re-read now, besides or instead of
+// a refresh interval: a configuration reload checks everything it will
+// change first, then applies it all, or nothing.
+type Reloadable struct {
+	config *tls.Config
+	check  func() (changed []string, apply func(), err error)
+}
+
+// Config is the configuration to use; it always serves the current
+// material.
+// A nil *Reloadable has a nil Config.
+func (r *Reloadable) Config() *tls.Config {
+	if r == nil {
+		return nil
+	}
+	return r.config
+}
+
+// Check reads and parses every file now, as at start. It returns the
+// settings (relative names, like "tls.file.cert") whose file contents
+// differ from the material in use, and apply, which makes what it read
+// the material in use. Nothing changes until apply is called; on error
+// (a *FileError for a file that cannot be read or parsed, naming its
+// setting) nothing is returned to apply.
+func (r *Reloadable) Check() (changed []string, apply func(), err error) {
+	changed, apply, err = r.check()
+	if err != nil {
+		return nil, nil, err
+	}
+	return changed, apply, nil
+}
+
+// Reload re-reads every file now and uses what it read: Check, then
+// apply. On error the previous material stays in use.
+func (r *Reloadable) Reload() (changed []string, err error) {
+	changed, apply, err := r.Check()
+	if err != nil {
+		return nil, err
+	}
+	apply()
+	return changed, nil
 }
 
 // source holds the current material loaded from files and reloads it lazily.
@@ -523,6 +647,24 @@ func (s *source[T]) get() *T {
 }
 
 func (s *source[T]) isDue() bool { return time.Since(s.start) >= time.Duration(s.due.Load()) }
+
+// prepare loads the files now, whether or not a reload is due, and
+// returns the material in use, the one loaded (prev itself when the files
+// did not change) and apply, which makes it the material in use.
+func (s *source[T]) prepare() (prev, next *T, apply func(), err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	prev = s.cur.Load()
+	if next, err = s.load(prev); err != nil {
+		return nil, nil, nil, err
+	}
+	return prev, next, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.cur.Store(next)
+		s.due.Store(int64(time.Since(s.start) + s.refresh))
+	}, nil
+}
 
 func (s *source[T]) reload() {
 	prev := s.cur.Load()
