@@ -77,14 +77,15 @@ func TestDrainMovesAgents(t *testing.T) {
 	go func() {
 		buf := make([]byte, 256<<10)
 		var n int64
+		started := false
 		start := time.Now()
 		for {
 			m, err := resp.Body.Read(buf)
 			got.Write(buf[:m])
 			n += int64(m)
-			if n >= 20<<20 && readStarted != nil {
+			if n >= 20<<20 && !started {
 				close(readStarted)
-				readStarted = nil
+				started = true
 			}
 			if err == io.EOF {
 				break

@@ -27,6 +27,7 @@ func main() {
 		os.Exit(1)
 	}()
 	code := cli.Main(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	signal.Stop(sigs) // a signal now must not change the exit status
 	cancel()
 	os.Exit(code)
 }

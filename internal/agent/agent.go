@@ -386,13 +386,18 @@ func (a *Agent) session(ctx context.Context, moved func()) (time.Duration, error
 			}
 			return time.Since(up), err
 		}
+		// Counted before the check, so the drain watcher never closes the
+		// connection under a tunnel it let in.
+		open.Add(1)
 		if draining.Load() {
+			open.Add(-1)
 			wg.Go(func() {
-				a.refuse(stream, http.StatusServiceUnavailable, "agent is shutting down", "")
+				const reason = "agent is shutting down"
+				a.refuse(stream, http.StatusServiceUnavailable, reason, "")
+				a.audit(agentID, "", "", time.Now(), http.StatusServiceUnavailable, reason, relay.Result{})
 			})
 			continue
 		}
-		open.Add(1)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

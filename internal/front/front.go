@@ -108,6 +108,9 @@ type Handler struct {
 	clients    *clientCounts     // nil without MaxTunnelsPerClient
 	idle       *relay.IdleCloser // nil without TunnelIdleTimeout
 	open       openSet           // tunnels and requests open now
+	// stop ends at the shutdown deadline: dials still under way give up.
+	stop    context.Context
+	stopAll context.CancelFunc
 
 	// Config.Auth and Config.Allow, or what SetAuth and SetAllow put in
 	// their place.
@@ -130,6 +133,7 @@ func New(cfg Config, log *slog.Logger) *Handler {
 		cfg.BodyIdleTimeout = BodyIdleTimeout
 	}
 	h := &Handler{cfg: cfg, log: log, idle: relay.NewIdleCloser(cfg.TunnelIdleTimeout)}
+	h.stop, h.stopAll = context.WithCancel(context.Background())
 	h.SetAuth(cfg.Auth)
 	h.SetAllow(cfg.Allow)
 	h.transports = newTransports(cfg.MaxTransports, h.newTransport)
@@ -345,7 +349,12 @@ func (h *Handler) connect(w http.ResponseWriter, r *http.Request, agentID, targe
 	// Not r.Context(): net/http cancels it when the client half-closes
 	// right behind its CONNECT, which is legitimate. The dial timeout
 	// bounds the wait for a client that left.
-	tunnel, err := h.cfg.Dialer.Dial(context.WithoutCancel(r.Context()), agentID, target)
+	// Not r.Context() (see above), but cut at the shutdown deadline.
+	dctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
+	stopCut := context.AfterFunc(h.stop, cancel)
+	tunnel, err := h.cfg.Dialer.Dial(dctx, agentID, target)
+	stopCut()
+	cancel()
 	if err != nil {
 		release()
 		h.fail(w, r, start, agentID, target, wire.Status(err), err.Error())

@@ -127,6 +127,7 @@ func (h *Handler) Drain(ctx context.Context) {
 		case <-t.C:
 		}
 	}
+	h.stopAll()
 	if n := h.open.abortAll(); n > 0 {
 		h.log.Warn("shutdown deadline: closing the tunnels and requests still open", "tunnels", n)
 	}

@@ -276,6 +276,7 @@ func (f *Forwarder) WatchMembers(ctx context.Context, gone func(proxy string)) e
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	reported := map[string]bool{}
+	missed := map[string]int{}
 	for {
 		select {
 		case <-ctx.Done():
@@ -288,19 +289,33 @@ func (f *Forwarder) WatchMembers(ctx context.Context, gone func(proxy string)) e
 			addrs = append(addrs, a)
 		}
 		f.mu.Unlock()
+		for a := range missed {
+			if !slices.Contains(addrs, a) {
+				delete(missed, a)
+				delete(reported, a)
+			}
+		}
 		if len(addrs) == 0 {
 			continue
 		}
-		cctx, cancel := context.WithTimeout(ctx, time.Second)
-		if err := f.Store.Ping(cctx); err != nil {
-			cancel()
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		err := f.Store.Ping(pctx)
+		cancel()
+		if err != nil {
 			continue
 		}
-		live := f.Store.Members(cctx, addrs)
+		mctx, cancel := context.WithTimeout(ctx, time.Second)
+		live := f.Store.Members(mctx, addrs)
 		cancel()
 		for _, a := range addrs {
 			if live[a] {
 				delete(reported, a)
+				delete(missed, a)
+				continue
+			}
+			// A lease read that failed looks like a missing lease: act
+			// on the second miss in a row only.
+			if missed[a]++; missed[a] < 2 {
 				continue
 			}
 			gone(a)

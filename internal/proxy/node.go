@@ -205,13 +205,14 @@ func (n *Node) AgentAddr() net.Addr { return n.agents.Addr() }
 // Run binds the listeners if Listen has not, and serves until ctx ends.
 // Then it stops, within ShutdownTimeout counted from the end of ctx:
 //
-//   - Standalone, the client front drains first (requests and tunnels get
-//     the whole timeout; those left at the deadline are closed), then the
-//     agent connections are closed: the agents have nowhere else to go.
-//   - In a cluster the agent connections are closed at once, so the agents
-//     reconnect to another proxy while this one drains its clients; at the
-//     same time the node lease is withdrawn and the routes still naming
-//     this proxy are released.
+//   - From the end of ctx /readyz says 503, new clients and agents are
+//     refused, and the client front drains: requests and tunnels get until
+//     the timeout (in a cluster less ReleaseTimeout); those left are
+//     closed. Then the agent connections are closed.
+//   - In a cluster the agents are also told to move at once (they connect
+//     to another proxy while their tunnels here go on), the node lease is
+//     withdrawn at once, and the routes still naming this proxy are
+//     released after the drain.
 //   - The audit log's writer, if any, stops last: it writes the lines of
 //     the tunnels closed at the deadline too.
 //
@@ -229,14 +230,25 @@ func (n *Node) Run(ctx context.Context) error {
 	drained, finish := context.WithCancel(context.WithoutCancel(ctx))
 	defer finish()
 	drainTimeout := n.cfg.ShutdownTimeout
-	if c := n.cfg.Cluster; c != nil {
+	if n.routes != nil {
 		// Keep time to release the routes after the drain.
-		drainTimeout = max(n.cfg.ShutdownTimeout-c.ReleaseTimeout, n.cfg.ShutdownTimeout/2)
+		drainTimeout = max(n.cfg.ShutdownTimeout-n.routes.cfg.ReleaseTimeout, n.cfg.ShutdownTimeout/2)
 	}
 	parts := []func(context.Context) error{
 		func(context.Context) error { return n.agents.Run(drained) },
 		func(ctx context.Context) error {
+			// The drain starts when this part's context ends: at the
+			// signal, or when another part failed.
+			stopDrain := context.AfterFunc(ctx, func() {
+				n.serving.Store(false)
+				n.log.Info("draining: no new clients or agents; connected agents are told to move; tunnels get until the shutdown timeout",
+					"timeout", drainTimeout.String())
+				// Standalone, the agents have nowhere to move to: they
+				// reconnect once this proxy is back.
+				n.agents.Drain("proxy "+n.self+" is draining", n.routes != nil)
+			})
 			defer func() {
+				stopDrain()
 				finish()
 				if n.release != nil {
 					close(n.release)
@@ -267,13 +279,6 @@ func (n *Node) Run(ctx context.Context) error {
 		})
 	}
 	n.serving.Store(true)
-	stopDrain := context.AfterFunc(ctx, func() {
-		n.serving.Store(false)
-		n.log.Info("draining: no new clients or agents; connected agents are told to move; tunnels get until the shutdown timeout",
-			"timeout", drainTimeout.String())
-		n.agents.Drain("proxy " + n.self + " is draining")
-	})
-	defer stopDrain()
 	// The audit log's writer stops last, once the front has drained and
 	// recorded the tunnels it closed.
 	return run.Outlast(ctx, n.cfg.Audit.Run, func(ctx context.Context) error {

@@ -271,18 +271,24 @@ func (s *Server) Run(ctx context.Context) error {
 }
 
 // Drain starts the proxy's drain: from now on new agent connections are
-// refused with CodeShutdown, and every connected agent is told to move
-// (wire.ControlMove), so it connects again, to another proxy, while its
-// tunnels here go on. The connections stay until Run's context ends.
+// refused with CodeShutdown. With move, every connected agent is told to
+// move (wire.ControlMove), so it connects again, to another proxy, while
+// its tunnels here go on; one that cannot take the message is closed
+// with CodeShutdown. The connections stay until Run's context ends.
 // reason says why, to the agents. Drain returns at once; Run waits for
 // the messages to be sent.
-func (s *Server) Drain(reason string) {
+func (s *Server) Drain(reason string, move bool) {
 	s.mu.Lock()
-	if s.draining {
+	if s.draining || s.closing {
+		s.draining = true
 		s.mu.Unlock()
 		return
 	}
 	s.draining = true
+	if !move {
+		s.mu.Unlock()
+		return
+	}
 	sessions := make([]*session, 0, len(s.agents))
 	for _, a := range s.agents {
 		sessions = append(sessions, a)
@@ -300,7 +306,11 @@ func (s *Server) Drain(reason string) {
 			wg.Go(func() {
 				defer func() { <-sem }()
 				if err := sendControl(a.conn, wire.ControlMove+"\n"+reason); err != nil {
-					s.log.Debug("move not sent", "agent", a.id, "error", err)
+					// An agent that cannot take the message (one from
+					// before it existed) would be unreachable for the
+					// whole drain: it reconnects elsewhere only when closed.
+					s.log.Debug("move not sent: closing the connection instead", "agent", a.id, "error", err)
+					a.conn.CloseWithError(wire.CodeShutdown, "proxy shutting down: connect to another proxy")
 					return
 				}
 				sent.Add(1)
