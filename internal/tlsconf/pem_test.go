@@ -28,6 +28,11 @@ import (
 // decoder against OpenSSL itself, so this encoder is not the only reference.
 func pkcs8EncryptedKey(t testing.TB, keyPEM []byte, password string) []byte {
 	t.Helper()
+	return pkcs8EncryptedKeyIter(t, keyPEM, password, 2048)
+}
+
+func pkcs8EncryptedKeyIter(t testing.TB, keyPEM []byte, password string, iter int) []byte {
+	t.Helper()
 	block, _ := pem.Decode(keyPEM)
 	if block == nil || block.Type != "PRIVATE KEY" {
 		t.Fatalf("want a PKCS#8 PRIVATE KEY, got %q", keyPEM)
@@ -35,7 +40,6 @@ func pkcs8EncryptedKey(t testing.TB, keyPEM []byte, password string) []byte {
 	salt, iv := make([]byte, 16), make([]byte, aes.BlockSize)
 	_, _ = rand.Read(salt)
 	_, _ = rand.Read(iv)
-	const iter = 2048
 	key, err := pbkdf2.Key(sha256.New, password, salt, iter, 32)
 	if err != nil {
 		t.Fatal(err)
@@ -113,6 +117,13 @@ func TestParseKeyFormats(t *testing.T) {
 	}
 	if _, err := parseKeyPEM(pkcs8EncryptedKey(t, enc("PRIVATE KEY", pkcs8(ec)), "pw"), ""); err == nil || !strings.Contains(err.Error(), "tls.key-password is not set") {
 		t.Fatalf("no PKCS#8 password: %v", err)
+	}
+	// The iteration count is bounded, so a key file cannot stall a start
+	// or a reload; the check comes before any derivation.
+	defer func(n int) { maxPBKDF2Iterations = n }(maxPBKDF2Iterations)
+	maxPBKDF2Iterations = 4096
+	if _, err := parseKeyPEM(pkcs8EncryptedKeyIter(t, enc("PRIVATE KEY", pkcs8(ec)), "pw", 4097), "pw"); err == nil || !strings.Contains(err.Error(), "PBKDF2 iteration count 4097 out of range [1, 4096]") {
+		t.Fatalf("iterations above the cap: %v", err)
 	}
 }
 
@@ -264,6 +275,10 @@ func FuzzParseCertPEM(f *testing.F) {
 }
 
 func FuzzParseKeyPEM(f *testing.F) {
+	// Mutated iteration counts near the real cap make one input take
+	// seconds; the bound itself is tested by TestParseKeyPEM's cases.
+	defer func(n int) { maxPBKDF2Iterations = n }(maxPBKDF2Iterations)
+	maxPBKDF2Iterations = 100_000
 	for _, s := range fuzzSeeds(f) {
 		f.Add(s, "pw")
 		f.Add(s, "")
