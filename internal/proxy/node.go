@@ -110,7 +110,8 @@ func NewNode(cfg NodeConfig, log *slog.Logger) *Node {
 }
 
 // Listen binds the agent, client and metrics listeners. An error is a
-// *run.ListenError naming the listener ("agents", "clients", "metrics"),
+// *run.ListenError naming the listener ("agents", "agents-tcp", "clients",
+// "admin"),
 // and nothing stays bound.
 func (n *Node) Listen() (err error) {
 	acfg := n.cfg.Agents
@@ -125,6 +126,10 @@ func (n *Node) Listen() (err error) {
 	}
 	n.agents = New(acfg, n.log.With("component", "agent-server"))
 	if err := n.agents.Listen(); err != nil {
+		var tcp *TCPListenError
+		if errors.As(err, &tcp) {
+			return &run.ListenError{Part: "agents-tcp", Err: tcp.Err}
+		}
 		return &run.ListenError{Part: "agents", Err: errors.Unwrap(err)}
 	}
 	defer func() {
