@@ -3,7 +3,7 @@ package e2e
 import (
 	"bufio"
 	"encoding/json"
-	"fmt"
+	"errors"
 	"io"
 	"net"
 	"net/netip"
@@ -211,46 +211,91 @@ func testRebind(t *testing.T, ips []netip.Addr) {
 
 // TestRebindBehindNginx: an agent behind a NAT that rebinds, in front of
 // nginx's UDP balancer, which routes by the source address and port
-// (`hash $remote_addr$remote_port consistent`). After a rebinding nginx
-// sees a new flow and hashes it anew: to the same proxy, which migrates
-// the connection (the tunnel survives), or to another proxy, which does
-// not know the connection and, sharing the stateless reset key, resets
-// it: the agent reconnects at once, there, and the tunnel on the old
-// connection is lost. The relay switches ports during transfers until the
-// second happens.
+// (`hash $remote_addr$remote_port consistent`, as deploy/ha/nginx.conf).
+// After a rebinding nginx sees a new flow and hashes it anew: to the same
+// proxy, which migrates the connection (the tunnel survives), or to the
+// other proxy, which does not know the connection. That one, sharing the
+// stateless reset key (derived from the same TLS key), resets it when the
+// agent has data in flight: the agent reconnects there at once, and the
+// tunnel on the old connection is lost. An idle agent's keep-alives are
+// too small to be answered with a reset: it reconnects only after its
+// idle timeout. The relay switches ports until each case happened.
 func TestRebindBehindNginx(t *testing.T) {
 	t.Parallel()
-	const (
-		id          = "4711"
-		size        = 24 << 20
-		maxSwitches = 12
-	)
+	const id = "4711"
 	lo := netip.MustParseAddr("127.0.0.1")
 	relay := startUDPRelay(t, lo) // first: it closes after the processes
 	c := startCluster(t, haConfig{proxies: 2, nginx: true})
 	relay.setTarget(c.lb.udpAddr)
 	a := c.startAgent(t, id, relay.addr)
-	web := c.origin(id)
-	holder := a.holder
-	count := func(msg string, kv ...string) []int {
-		n := make([]int, len(c.proxies))
-		for i, p := range c.proxies {
-			n[i] = p.count(msg, kv...)
-		}
-		return n
+	nb := &nginxRebind{c: c, relay: relay, a: a, id: id}
+	holder := nb.inFlight(t, a.holder)
+	nb.idle(t, holder)
+}
+
+// nginxRebind is TestRebindBehindNginx's set-up.
+type nginxRebind struct {
+	c     *haCluster
+	relay *udpRelay
+	a     *haAgent
+	id    string
+}
+
+// maxRebinds is how often a test switches ports to see nginx send a new
+// flow to the other of two proxies (each switch does so with about even
+// odds).
+const maxRebinds = 12
+
+// connected counts each proxy's `agent connected` lines for the agent.
+func (nb *nginxRebind) connected() []int {
+	n := make([]int, len(nb.c.proxies))
+	for i, p := range nb.c.proxies {
+		n[i] = p.count("agent connected", "agent", nb.id)
 	}
+	return n
+}
+
+// reconnected returns the proxy that registered the agent since before
+// was counted, or nil.
+func (nb *nginxRebind) reconnected(before []int) *proxyProc {
+	for i, n := range nb.connected() {
+		if n > before[i] {
+			return nb.c.proxies[i]
+		}
+	}
+	return nil
+}
+
+// ended is the cause of the agent's n-th (from 0) lost connection.
+func (nb *nginxRebind) ended(t testing.TB, n int) string {
+	t.Helper()
+	nb.a.waitLog(t, 5*time.Second, n+1, "connection to proxy ended")
+	return nb.a.lines("connection to proxy ended")[n]["error"]
+}
+
+// inFlight switches the relay's port during downloads through holder
+// until nginx sends the agent's packets to the other proxy; it returns
+// the proxy the agent reconnected to.
+func (nb *nginxRebind) inFlight(t *testing.T, holder *proxyProc) *proxyProc {
+	const size = 24 << 20
+	c, relay, a, id := nb.c, nb.relay, nb.a, nb.id
+	web := c.origin(id)
+	lo := netip.MustParseAddr("127.0.0.1")
 	survived := 0
-	for sw := 1; sw <= maxSwitches; sw++ {
-		connected := count("agent connected", "agent", id)
+	for sw := 1; sw <= maxRebinds; sw++ {
+		before := nb.connected()
 		ended := a.count("connection to proxy ended")
 		tn := mustConnect(t, holder.httpAddr, web.addr, basicAuth(id, "noauth"))
 		tn.SetDeadline(time.Now().Add(30 * time.Second))
-		var switchedAt time.Time
-		var mu sync.Mutex
+		var (
+			mu         sync.Mutex
+			switchedAt time.Time
+			up         *relayUpstream
+		)
 		pr := &progress{at: []int64{size / 4}, fn: func(int) {
-			relay.mustRebind(lo)
+			u := relay.mustRebind(lo)
 			mu.Lock()
-			switchedAt = time.Now()
+			switchedAt, up = time.Now(), u
 			mu.Unlock()
 		}}
 		result := make(chan error, 1)
@@ -258,7 +303,7 @@ func TestRebindBehindNginx(t *testing.T) {
 			_, err := download(tn.Conn, bufio.NewReader(progressReader{tn, pr}), web.addr, size, uint64(sw))
 			result <- err
 		}()
-		when := func() time.Time { mu.Lock(); defer mu.Unlock(); return switchedAt }
+		switched := func() (time.Time, *relayUpstream) { mu.Lock(); defer mu.Unlock(); return switchedAt, up }
 
 		// Either the download ends, or the agent connects anew.
 		var (
@@ -268,62 +313,47 @@ func TestRebindBehindNginx(t *testing.T) {
 			at        time.Time
 		)
 		werr := waitFor(20*time.Second, func() error {
+			if newHolder = nb.reconnected(before); newHolder != nil {
+				at = time.Now()
+				return nil
+			}
 			select {
 			case err = <-result:
 				done = true
+				if err != nil {
+					return errors.New("the download failed; waiting for the agent to reconnect")
+				}
 				return nil
 			default:
 			}
-			for i, n := range count("agent connected", "agent", id) {
-				if n > connected[i] {
-					newHolder, at = c.proxies[i], time.Now()
-					return nil
-				}
-			}
-			return fmt.Errorf("switch %d: the download neither ended nor did the agent reconnect", sw)
+			return errors.New("the download neither ended nor did the agent reconnect")
 		})
-		if werr != nil {
-			tn.Close()
-			t.Fatal(werr)
-		}
-		if done && err == nil {
+		if done && err == nil && newHolder == nil {
 			// Hashed to the same proxy: it migrated the connection.
 			tn.Close()
-			if when().IsZero() {
+			when, u := switched()
+			if when.IsZero() {
 				t.Fatalf("switch %d: the download ended before the relay switched", sw)
 			}
 			if n := a.count("connection to proxy ended"); n != ended {
 				t.Fatalf("switch %d: the download survived, but the agent's connection ended: %v", sw, a.lines("connection to proxy ended"))
 			}
 			survived++
-			t.Logf("switch %d: relay upstream now %s: nginx kept it on %s, the connection migrated, %d MiB intact",
-				sw, relay.upstreams()[sw].addr, holder.httpAddr, size>>20)
+			t.Logf("in flight, switch %d: relay upstream now %s: nginx kept it on %s, the connection migrated, %d MiB intact",
+				sw, u.addr, holder.httpAddr, size>>20)
 			continue
 		}
-		if done {
-			// The tunnel broke before any proxy registered the agent again:
-			// wait for the reconnect.
-			holderErr := err
-			werr = waitFor(10*time.Second, func() error {
-				for i, n := range count("agent connected", "agent", id) {
-					if n > connected[i] {
-						newHolder, at = c.proxies[i], time.Now()
-						return nil
-					}
-				}
-				return fmt.Errorf("switch %d: download failed (%v) and the agent did not reconnect", sw, holderErr)
-			})
-			if werr != nil {
-				t.Fatal(werr)
-			}
+		if werr != nil {
+			tn.Close()
+			t.Fatalf("in flight, switch %d: %v (download: %v)", sw, werr, err)
 		}
 		// Hashed to the other proxy: a stateless reset, and a reconnect there.
-		reconnect := at.Sub(when())
+		when, u := switched()
+		reconnect := at.Sub(when)
 		if newHolder == holder {
 			t.Fatalf("switch %d: the agent reconnected to the proxy it was on (%s)", sw, holder.httpAddr)
 		}
-		a.waitLog(t, 5*time.Second, ended+1, "connection to proxy ended")
-		cause := a.lines("connection to proxy ended")[ended]["error"]
+		cause := nb.ended(t, ended)
 		if !strings.Contains(cause, "stateless reset") {
 			t.Errorf("switch %d: the agent's connection ended with %q, want a stateless reset", sw, cause)
 		}
@@ -345,16 +375,78 @@ func TestRebindBehindNginx(t *testing.T) {
 				t.Fatal("the download through the old connection did not end within 20s")
 			}
 		}
-		lost := time.Since(when())
+		lost := time.Since(when)
 		tn.Close()
 		if err == nil {
 			t.Errorf("switch %d: the download through the old connection completed; want it lost", sw)
 		}
-		t.Logf("switch %d: relay upstream now %s: nginx sent it to %s instead of %s; the agent got %q and was connected there %s after the switch; the old tunnel's client saw it end after %s (%v)",
-			sw, relay.upstreams()[sw].addr, newHolder.httpAddr, holder.httpAddr, cause,
-			reconnect.Round(time.Millisecond), lost.Round(time.Millisecond), err)
-		t.Logf("%d rebinding(s) survived on the same proxy before one went to another", survived)
+		holder.waitLog(t, 10*time.Second, 1, "agent disconnected", "agent", id)
+		gone := holder.lines("agent disconnected", "agent", id)[0]["cause"]
+		t.Logf("in flight, switch %d: relay upstream now %s: nginx sent it to %s instead of %s; the agent got %q and was connected there %s after the switch; the old tunnel's client saw it end after %s (%v); the old proxy closed the connection: %s",
+			sw, u.addr, newHolder.httpAddr, holder.httpAddr, cause,
+			reconnect.Round(time.Millisecond), lost.Round(time.Millisecond), err, gone)
+		t.Logf("in flight: %d rebinding(s) survived on the same proxy before one went to the other", survived)
+		return newHolder
+	}
+	t.Fatalf("in flight: %d rebindings all went to the same proxy: nginx's hash sent no new port elsewhere", maxRebinds)
+	return nil
+}
+
+// idle switches the relay's port while the agent is idle on holder until
+// nginx sends its keep-alives to the other proxy, and measures how long
+// the agent takes to reconnect there.
+func (nb *nginxRebind) idle(t *testing.T, holder *proxyProc) {
+	relay, a := nb.relay, nb.a
+	lo := netip.MustParseAddr("127.0.0.1")
+	survived := 0
+	for sw := 1; sw <= maxRebinds; sw++ {
+		before := nb.connected()
+		ended := a.count("connection to proxy ended")
+		u := relay.mustRebind(lo)
+		switched := time.Now()
+		// The same proxy validates the new path, and answers the next
+		// keep-alive (every 2s) there. The other one answers nothing: a
+		// keep-alive is too small to be answered with a stateless reset.
+		err := waitFor(3*time.Second, func() error {
+			if u.answers.Load() == 0 {
+				return errors.New("no answer on the new port")
+			}
+			return nil
+		})
+		if err == nil {
+			if p := nb.reconnected(before); p != nil {
+				t.Fatalf("idle, switch %d: answers on the new port, and the agent reconnected to %s", sw, p.httpAddr)
+			}
+			survived++
+			t.Logf("idle, switch %d: relay upstream now %s: answered there %s after the switch, the connection migrated",
+				sw, u.addr, time.Since(switched).Round(time.Millisecond))
+			continue
+		}
+		var newHolder *proxyProc
+		if err := waitFor(15*time.Second, func() error {
+			if newHolder = nb.reconnected(before); newHolder == nil {
+				return errors.New("the agent did not reconnect")
+			}
+			return nil
+		}); err != nil {
+			t.Fatalf("idle, switch %d: no answer on the new port, and %v within 18s", sw, err)
+		}
+		reconnect := time.Since(switched)
+		cause := nb.ended(t, ended)
+		if !strings.Contains(cause, "no recent network activity") {
+			t.Errorf("idle, switch %d: the agent's connection ended with %q, want its idle timeout", sw, cause)
+		}
+		if newHolder == holder {
+			t.Errorf("idle, switch %d: the agent reconnected to the proxy it was on (%s)", sw, holder.httpAddr)
+		}
+		nb.c.mc.waitRoute(t, startTimeout, nb.id, newHolder.httpAddr)
+		if err := nb.c.reach(newHolder.httpAddr, nb.id, clientTimeout); err != nil {
+			t.Errorf("a new tunnel after the reconnect: %v", err)
+		}
+		t.Logf("idle, switch %d: relay upstream now %s: nginx sent it to %s instead of %s; no reset; the agent gave up (%q) and was connected there %s after the switch",
+			sw, u.addr, newHolder.httpAddr, holder.httpAddr, cause, reconnect.Round(time.Millisecond))
+		t.Logf("idle: %d rebinding(s) survived on the same proxy before one went to the other", survived)
 		return
 	}
-	t.Fatalf("%d rebindings all went to the same proxy: nginx's hash sent no new port elsewhere", maxSwitches)
+	t.Fatalf("idle: %d rebindings all went to the same proxy: nginx's hash sent no new port elsewhere", maxRebinds)
 }
