@@ -33,10 +33,10 @@ type TCPConfig struct {
 	// MaxIncomingStreams is how many streams the peer may have open at
 	// once; past it yamux resets new ones. Default 4.
 	MaxIncomingStreams uint32
-	// MaxStreamWindow bounds a stream's receive window, which grows from
-	// 256 KiB while the stream is read fast. Default 6 MiB, quic-go's
-	// default for a QUIC stream.
-	MaxStreamWindow uint32
+	// StreamWindow is a stream's receive window: how much a stream
+	// buffers for a reader that does not keep up, and so, over one round
+	// trip, its throughput (2 MiB per 50 ms is 40 MiB/s). Default 2 MiB.
+	StreamWindow uint32
 }
 
 // ControlClose names the control message that closes a TCP connection
@@ -62,8 +62,8 @@ func NewTCP(conn *tls.Conn, client bool, cfg TCPConfig) (Conn, error) {
 	if cfg.MaxIncomingStreams == 0 {
 		cfg.MaxIncomingStreams = 4
 	}
-	if cfg.MaxStreamWindow == 0 {
-		cfg.MaxStreamWindow = 6 << 20
+	if cfg.StreamWindow == 0 {
+		cfg.StreamWindow = 2 << 20
 	}
 	yc := yamux.DefaultConfig()
 	yc.LogOutput = io.Discard
@@ -73,9 +73,18 @@ func NewTCP(conn *tls.Conn, client bool, cfg TCPConfig) (Conn, error) {
 	}
 	yc.ConnectionWriteTimeout = max(cfg.IdleTimeout, 10*time.Second)
 	yc.MaxIncomingStreams = cfg.MaxIncomingStreams
-	yc.MaxStreamWindowSize = max(cfg.MaxStreamWindow, yc.InitialStreamWindowSize)
+	// A fixed window: go-yamux v5.1.0's auto-tuning, when it grows a
+	// window, sends only the growth and drops the update it had computed
+	// before (sendWindowUpdate overwrites delta), so the two sides' views
+	// of the window drift apart until a busy stream stalls. With the
+	// initial window at the maximum it never grows, and that path never
+	// runs. e2e TestAgentOverTCP stalled within 6-25 MiB without this on a
+	// loaded machine.
+	yc.InitialStreamWindowSize = max(cfg.StreamWindow, yc.InitialStreamWindowSize)
+	yc.MaxStreamWindowSize = yc.InitialStreamWindowSize
 
 	c := &tcpConn{
+		client:   client,
 		tls:      conn,
 		counted:  &countingConn{Conn: conn, start: time.Now()},
 		idle:     cfg.IdleTimeout,
@@ -104,6 +113,7 @@ func NewTCP(conn *tls.Conn, client bool, cfg TCPConfig) (Conn, error) {
 }
 
 type tcpConn struct {
+	client  bool
 	tls     *tls.Conn
 	counted *countingConn
 	sess    *yamux.Session
@@ -162,29 +172,31 @@ func (c *tcpConn) checkIdle() {
 func (c *tcpConn) acceptLoop() {
 	defer c.wg.Done()
 	defer close(c.acceptDone)
-	for {
+	for n := 0; ; n++ {
 		st, err := c.sess.AcceptStream()
 		if err != nil {
 			c.sessErr = err
 			return
 		}
 		c.classifiers.Add(1)
-		go c.classify(st)
+		go c.classify(st, !c.client && n == 0)
 	}
 }
 
-// classify reads a new stream's first byte: 0x00 starts a control message,
-// anything else is a stream for AcceptStream.
-func (c *tcpConn) classify(st *yamux.Stream) {
+// classify tells a new stream's kind. The agent's first stream is its
+// authentication (auth), any later one a control message. Of the streams
+// the proxy opens, one whose first byte is 0x00 carries a control message,
+// any other is a tunnel.
+func (c *tcpConn) classify(st *yamux.Stream, auth bool) {
 	defer c.classifiers.Done()
 	s := &tcpStream{s: st, conn: c}
 	st.SetReadDeadline(time.Now().Add(classifyTimeout))
-	var first [1]byte
-	if _, err := s.Peek(first[:]); err != nil {
+	first, err := s.readFirst()
+	if err != nil {
 		st.Reset()
 		return
 	}
-	if first[0] != 0 {
+	if auth || (c.client && first != 0) {
 		st.SetReadDeadline(time.Time{})
 		select {
 		case c.streams <- s:
@@ -382,20 +394,37 @@ func (c *tcpConn) Wait() { c.wg.Wait() }
 type tcpStream struct {
 	s    *yamux.Stream
 	conn *tcpConn
-	// peeked holds bytes Peek read, which Read returns first.
+	// peeked holds the first byte, read to tell a stream's kind; Read
+	// returns it first.
 	peeked  []byte
-	peekBuf [16]byte
+	peekBuf [1]byte
 }
 
-func (s *tcpStream) Peek(p []byte) (int, error) {
-	if len(s.peeked) == 0 {
-		n, err := s.s.Read(s.peekBuf[:min(len(p), len(s.peekBuf))])
-		s.peeked = s.peekBuf[:n]
-		if n == 0 && err != nil {
-			return 0, s.conn.sessionErr(err)
+// readFirst reads the stream's first byte into peeked.
+func (s *tcpStream) readFirst() (byte, error) {
+	n, err := s.s.Read(s.peekBuf[:])
+	if n == 0 {
+		if err == nil {
+			err = io.ErrNoProgress
 		}
+		return 0, err
 	}
-	return copy(p, s.peeked), nil
+	s.peeked = s.peekBuf[:n]
+	return s.peekBuf[0], nil
+}
+
+// Peek blocks until the stream has bytes, ended or failed, and returns
+// none: yamux has no peek, but a read of nothing waits for data and takes
+// none (and grants no window, so a lost window update cannot stall it).
+func (s *tcpStream) Peek(p []byte) (int, error) {
+	if len(s.peeked) > 0 {
+		return copy(p, s.peeked), nil
+	}
+	_, err := s.s.Read(nil)
+	if err != nil && err != io.EOF {
+		err = s.conn.sessionErr(err)
+	}
+	return 0, err
 }
 
 func (s *tcpStream) Read(p []byte) (int, error) {

@@ -43,6 +43,26 @@ func testCert(t testing.TB) tls.Certificate {
 // over loopback TLS.
 func tcpPair(t testing.TB, clientCfg, serverCfg TCPConfig) (client, server Conn) {
 	t.Helper()
+	return tcpPairDelay(t, clientCfg, serverCfg, 0)
+}
+
+// slowSmallWrites delays the small writes of a connection (pings, window
+// updates) by d: a round trip of about d, for yamux's RTT and flow control.
+type slowSmallWrites struct {
+	net.Conn
+	d time.Duration
+}
+
+func (c slowSmallWrites) Write(p []byte) (int, error) {
+	if len(p) < 100 {
+		time.Sleep(c.d)
+	}
+	return c.Conn.Write(p)
+}
+
+// tcpPairDelay is tcpPair with the proxy side's small writes delayed by d.
+func tcpPairDelay(t testing.TB, clientCfg, serverCfg TCPConfig, d time.Duration) (client, server Conn) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -59,6 +79,9 @@ func tcpPair(t testing.TB, clientCfg, serverCfg TCPConfig) (client, server Conn)
 		if err != nil {
 			ch <- result{nil, err}
 			return
+		}
+		if d > 0 {
+			raw = slowSmallWrites{raw, d}
 		}
 		tc := tls.Server(raw, &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{ALPNTCP}, MinVersion: tls.VersionTLS13})
 		if err := tc.Handshake(); err != nil {

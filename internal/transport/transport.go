@@ -71,8 +71,9 @@ type Stream interface {
 	SetDeadline(t time.Time) error
 	SetReadDeadline(t time.Time) error
 	SetWriteDeadline(t time.Time) error
-	// Peek fills p with bytes that the next Read returns, blocking until
-	// at least one is there, the stream ended or failed.
+	// Peek blocks until a Read would not block: bytes are there, the
+	// stream ended or failed. It may fill p with bytes the next Read
+	// returns (QUIC), or with none (TCP).
 	Peek(p []byte) (int, error)
 }
 
