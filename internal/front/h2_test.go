@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -424,5 +425,57 @@ func TestH2StreamLimit(t *testing.T) {
 	}
 	if d := c.dials.Load(); d != 1 {
 		t.Errorf("%d TLS connections, want 1", d)
+	}
+}
+
+// TestH2Drain: Run's shutdown gives an open HTTP/2 tunnel until the
+// deadline, then ends it as closed at the deadline: the client's stream is
+// reset, not ended, and Run returns with nothing left open.
+func TestH2Drain(t *testing.T) {
+	h, logs, _ := newFront(t, front.Config{}, "4711")
+	echo := echoOrigin(t)
+	cert, _, err := tlsconf.SelfSigned([]string{"127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := front.NewServer("", h, &tls.Config{Certificates: []tls.Certificate{cert}}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx, stop := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- front.Run(ctx, hs, ln, 300*time.Millisecond) }()
+	c := newH2Client(t, ln.Addr().String())
+	rctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	resp, pw, err := c.connect(rctx, echo, basic("4711", "noauth"))
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("CONNECT: %v %v", resp, err)
+	}
+	defer pw.Close()
+	pw.Write([]byte("ping"))
+	if _, err := io.ReadFull(resp.Body, make([]byte, 4)); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	stop()
+	if _, err := io.ReadAll(resp.Body); err == nil {
+		t.Error("the tunnel ended cleanly at the shutdown deadline")
+	}
+	select {
+	case err := <-ran:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(wait):
+		t.Fatal("Run did not return")
+	}
+	if took := time.Since(start); took > 3*time.Second {
+		t.Errorf("Run took %s with a 300ms timeout", took)
+	}
+	logs.waitLog(t, `msg="tunnel closed"`, "proto=HTTP/2.0", "shutdown deadline")
+	if n := h.OpenTunnels(); n != 0 {
+		t.Errorf("%d tunnels open after Run", n)
 	}
 }
