@@ -82,6 +82,7 @@ var phases = []phase{
 	{"baseline", baselineRun},
 	{"throughput", throughputRun},
 	{"latency", latencyRun},
+	{"h2", h2Run},
 	{"tunnels10k", tunnelsRun},
 	{"agents10k", agentsRun},
 }

@@ -436,7 +436,7 @@ func (p *pair) stop() {
 
 // startProxy starts `reverse-http proxy` on free ports and waits until its
 // HTTP port accepts connections (its agent server is bound before that).
-func (b *bench) startProxy(ctx context.Context) (proxy *proc, httpAddr, agentAddr string, err error) {
+func (b *bench) startProxy(ctx context.Context, extra ...string) (proxy *proc, httpAddr, agentAddr string, err error) {
 	for attempt := 0; attempt < 3; attempt++ {
 		httpPort, err1 := freePort("tcp")
 		udpPort, err2 := freePort("udp")
@@ -455,6 +455,7 @@ func (b *bench) startProxy(ctx context.Context) (proxy *proc, httpAddr, agentAdd
 			"--http-proxy.listen-address=" + httpAddr,
 			"--agent-server.listen-address=" + agentAddr,
 			"--log.level=" + b.cfg.LogLevel}, mflags...)
+		flags = append(flags, extra...)
 		proxy, err = b.procs.start("proxy", false, strings.Fields(b.cfg.Env), b.bin, append(flags, strings.Fields(b.cfg.ProxyFlags)...)...)
 		if err != nil {
 			return nil, "", "", err
@@ -488,7 +489,15 @@ func (b *bench) startProxy(ctx context.Context) (proxy *proc, httpAddr, agentAdd
 // startPair starts a proxy and an agent, and waits until a tunnel through
 // them opens.
 func (b *bench) startPair(ctx context.Context) (*pair, error) {
-	proxy, httpAddr, agentAddr, err := b.startProxy(ctx)
+	return b.startPairWith(ctx, func(ctx context.Context, httpAddr string) (*httpConn, error) {
+		return dialTunnel(ctx, httpAddr, agentID, b.origin.echo)
+	})
+}
+
+// startPairWith is startPair with more proxy flags, and dial opening the
+// tunnel that says they are ready.
+func (b *bench) startPairWith(ctx context.Context, dial func(ctx context.Context, httpAddr string) (*httpConn, error), proxyFlags ...string) (*pair, error) {
+	proxy, httpAddr, agentAddr, err := b.startProxy(ctx, proxyFlags...)
 	if err != nil {
 		return nil, err
 	}
@@ -519,7 +528,7 @@ func (b *bench) startPair(ctx context.Context) (*pair, error) {
 			return nil
 		},
 		func() error {
-			c, err := dialTunnel(ctx, httpAddr, agentID, b.origin.echo)
+			c, err := dial(ctx, httpAddr)
 			if err == nil {
 				c.Close()
 			}

@@ -290,6 +290,10 @@ func (rep *report) targets() []target {
 	v, ok = rep.ratio("tunnel.rtt.p50", "chain.rtt.p50")
 	add("in-tunnel echo round trip p50 / TCP relay chain's", "x", "", 0, v, ok, "")
 
+	needs = []string{"h2"}
+	v, ok = rep.ratio("h2.new.p50", "h2.fresh.p50")
+	add("TLS proxy new tunnel p50: h2 stream / fresh TLS conn", "x", "", 0, v, ok, "")
+
 	needs = []string{"tunnels10k"}
 	v, ok = rep.median("tunnels.open_s")
 	add(fmt.Sprintf("%d tunnels: time to open all", cfg.Tunnels), "s", "<=", 3, v, ok, tunnelsSize)

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -76,10 +77,6 @@ func (c *watchConn) Read(p []byte) (int, error) {
 		return n, err
 	}
 	c.pending.Add(int64(n))
-	if err != nil && c.tls != nil && !c.tls.ConnectionState().HandshakeComplete {
-		c.handshakeFailed(err)
-		return n, err
-	}
 	var ne net.Error
 	if err != nil && errors.As(err, &ne) && ne.Timeout() {
 		// net/http's only read deadlines outside a handler are the
@@ -92,25 +89,23 @@ func (c *watchConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// handshakeFailed does what net/http does for a *tls.Conn it can see: a
-// client that spoke plain HTTP to the TLS port is told so, and other
-// handshake failures (scanners, wrong CA) are logged at debug level only.
-func (c *watchConn) handshakeFailed(err error) {
-	if c.logged.Swap(true) {
-		return
-	}
+// handshakeFailed does what net/http does for a *tls.Conn it handshakes
+// itself: a client that spoke plain HTTP to the TLS port is told so, and
+// other handshake failures (scanners, wrong CA, no handshake within the
+// header timeout) are logged at debug level only.
+func (l *watchListener) handshakeFailed(c net.Conn, err error) {
+	h := l.h
 	var re tls.RecordHeaderError
 	if errors.As(err, &re) && re.Conn != nil && looksLikeHTTP(re.RecordHeader[:]) {
 		re.Conn.Write([]byte("HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"))
-		re.Conn.Close()
-		c.h.cfg.Metrics.Request("invalid", http.StatusBadRequest)
-		c.h.log.Info("request refused", "client", c.RemoteAddr().String(), "status", http.StatusBadRequest,
+		h.cfg.Metrics.Request("invalid", http.StatusBadRequest)
+		h.log.Info("request refused", "client", c.RemoteAddr().String(), "status", http.StatusBadRequest,
 			"reason", "plain HTTP sent to the TLS proxy port")
-		c.h.cfg.Audit.Record(audit.Entry{Client: c.RemoteAddr().String(), Status: http.StatusBadRequest,
+		h.cfg.Audit.Record(audit.Entry{Client: c.RemoteAddr().String(), Status: http.StatusBadRequest,
 			Outcome: wire.Outcome(http.StatusBadRequest), Reason: "plain HTTP sent to the TLS proxy port"})
 		return
 	}
-	c.h.log.Debug("TLS handshake error", "client", c.RemoteAddr().String(), "error", err)
+	h.log.Debug("TLS handshake error", "client", c.RemoteAddr().String(), "error", err)
 }
 
 func looksLikeHTTP(hdr []byte) bool {
@@ -209,26 +204,139 @@ func unwatch(conn net.Conn) net.Conn {
 	return conn
 }
 
-// watchListener wraps every accepted connection in a watchConn, after TLS
-// if tlsConf is set.
+// watchListener wraps every accepted connection in a watchConn.
+//
+// With tlsConf it does the TLS handshake itself first, each in a goroutine
+// of its own bounded by the header timeout (as net/http bounds its own), so
+// that Accept can hand net/http a connection that negotiated h2 as the
+// *tls.Conn net/http serves HTTP/2 on, and one that did not as a watchConn
+// over it. An HTTP/2 connection is not watched: net/http refuses nothing
+// on it in HTTP/1.1's words, and its streams are the handler's.
 type watchListener struct {
 	net.Listener
 	h       *Handler
+	hs      *http.Server
 	tlsConf *tls.Config
+
+	// With tlsConf:
+	start   sync.Once
+	ready   chan net.Conn // handshaken connections, for Accept
+	errs    chan error    // the listener's errors, for Accept
+	closed  chan struct{} // closed by Close
+	stop    sync.Once
+	wg      sync.WaitGroup // the accept loop and the handshakes
+	mu      sync.Mutex
+	pending map[net.Conn]struct{} // in a handshake now; Close closes them
+	closing bool
+}
+
+func newWatchListener(ln net.Listener, h *Handler, hs *http.Server) *watchListener {
+	return &watchListener{Listener: ln, h: h, hs: hs, tlsConf: hs.TLSConfig, ready: make(chan net.Conn), errs: make(chan error),
+		closed: make(chan struct{}), pending: make(map[net.Conn]struct{})}
 }
 
 func (l *watchListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
+	if l.tlsConf == nil {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		wc := &watchConn{Conn: c, h: l.h}
+		wc.armed.Store(true)
+		return wc, nil
+	}
+	l.start.Do(func() {
+		// hs.Serve has configured HTTP/2 and serves no connection yet.
+		wrapH2(l.hs)
+		l.wg.Add(1)
+		go l.acceptLoop()
+	})
+	select {
+	case c := <-l.ready:
+		return c, nil
+	case err := <-l.errs:
 		return nil, err
+	case <-l.closed:
+		return nil, net.ErrClosed
 	}
-	wc := &watchConn{Conn: c, h: l.h}
-	wc.armed.Store(true)
-	if l.tlsConf != nil {
-		wc.tls = tls.Server(c, l.tlsConf)
-		wc.Conn = wc.tls
+}
+
+// acceptLoop accepts connections and starts their handshakes until the
+// listener fails for good or is closed. Its errors go to Accept, so that
+// net/http retries after temporary ones as it does on any listener.
+func (l *watchListener) acceptLoop() {
+	defer l.wg.Done()
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			select {
+			case l.errs <- err:
+			case <-l.closed:
+				return
+			}
+			if ne, ok := err.(interface{ Temporary() bool }); ok && ne.Temporary() {
+				continue
+			}
+			return
+		}
+		l.mu.Lock()
+		if l.closing {
+			l.mu.Unlock()
+			c.Close()
+			return
+		}
+		l.pending[c] = struct{}{}
+		l.wg.Add(1)
+		l.mu.Unlock()
+		go l.handshake(c)
 	}
-	return wc, nil
+}
+
+func (l *watchListener) handshake(c net.Conn) {
+	defer l.wg.Done()
+	tc := tls.Server(c, l.tlsConf)
+	tc.SetDeadline(time.Now().Add(l.h.readHeaderTimeout()))
+	err := tc.Handshake()
+	l.mu.Lock()
+	delete(l.pending, c)
+	l.mu.Unlock()
+	if err != nil {
+		l.handshakeFailed(c, err)
+		c.Close()
+		return
+	}
+	tc.SetDeadline(time.Time{})
+	var conn net.Conn = tc
+	if tc.ConnectionState().NegotiatedProtocol != "h2" {
+		wc := &watchConn{Conn: tc, h: l.h, tls: tc}
+		wc.armed.Store(true)
+		conn = wc
+	}
+	select {
+	case l.ready <- conn:
+	case <-l.closed:
+		tc.Close()
+	}
+}
+
+// Close closes the listener and the connections still in a handshake, and
+// waits until the accept loop and the handshakes have ended.
+func (l *watchListener) Close() error {
+	err := l.Listener.Close()
+	if l.tlsConf == nil {
+		return err
+	}
+	l.stop.Do(func() {
+		close(l.closed)
+		l.mu.Lock()
+		l.closing = true
+		for c := range l.pending {
+			c.Close()
+		}
+		l.mu.Unlock()
+	})
+	l.wg.Wait()
+	return err
 }
 
 // Serve serves hs (made by NewServer) on ln until hs is shut down or
@@ -241,7 +349,7 @@ func Serve(hs *http.Server, ln net.Listener) error {
 		}
 		return hs.Serve(ln)
 	}
-	return hs.Serve(&watchListener{Listener: ln, h: h.h, tlsConf: hs.TLSConfig})
+	return hs.Serve(newWatchListener(ln, h.h, hs))
 }
 
 // watchedHandler marks the watchConn of each request busy while h serves
@@ -265,8 +373,11 @@ func (w *watchedHandler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 }
 
 func connContext(ctx context.Context, c net.Conn) context.Context {
-	if wc, ok := c.(*watchConn); ok {
-		return context.WithValue(ctx, watchKey{}, wc)
+	switch c := c.(type) {
+	case *watchConn:
+		return context.WithValue(ctx, watchKey{}, c)
+	case *tls.Conn: // HTTP/2 (see watchListener)
+		return context.WithValue(ctx, h2ConnKey{}, net.Conn(c))
 	}
 	return ctx
 }
@@ -299,10 +410,18 @@ func Run(ctx context.Context, hs *http.Server, ln net.Listener, timeout time.Dur
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
+	w, _ := hs.Handler.(*watchedHandler)
 	if err := hs.Shutdown(sctx); err != nil {
+		// Shutdown waits for HTTP/2 connections until their last stream
+		// ends: at the deadline their tunnels are ended first, so that
+		// they are logged as closed at the deadline, not as cut.
+		if w != nil {
+			w.h.stopAll()
+			w.h.open.abortAll()
+		}
 		hs.Close()
 	}
-	if w, ok := hs.Handler.(*watchedHandler); ok {
+	if w != nil {
 		w.h.Drain(sctx)
 	}
 	<-errc

@@ -93,6 +93,11 @@ type Config struct {
 	// a client that is slower is disconnected. Zero means the constant
 	// ReadHeaderTimeout (10s).
 	ReadHeaderTimeout time.Duration
+	// MaxConcurrentStreams bounds the streams (tunnels and requests) one
+	// HTTP/2 connection may have open at once on a TLS listener; the
+	// client waits for one to end before it opens another. Zero means
+	// DefaultMaxConcurrentStreams.
+	MaxConcurrentStreams int
 	// BodyIdleTimeout cuts an absolute-form request whose body sends no
 	// byte for this long (answered 408). A body that trickles in is
 	// served however slowly it comes. Zero means [BodyIdleTimeout].
@@ -158,16 +163,27 @@ const (
 
 // NewServer wraps h in an http.Server with header limits and timeouts:
 // those of h's Config if h is a *Handler, else the defaults. tlsConf, if
-// not nil, makes it serve HTTPS (the proxy itself over TLS). Serve it with
-// Serve.
+// not nil, makes it serve HTTPS (the proxy itself over TLS), HTTP/2 too:
+// ALPN offers h2 and http/1.1, and a client that picks h2 opens each
+// tunnel and request as a stream of one connection (see h2.go). Plain
+// HTTP is HTTP/1.1 only. Serve it with Serve.
 func NewServer(addr string, h http.Handler, tlsConf *tls.Config, log *slog.Logger) *http.Server {
-	maxHeader, readHeader := MaxHeaderBytes, ReadHeaderTimeout
+	maxHeader, readHeader, maxStreams := MaxHeaderBytes, ReadHeaderTimeout, DefaultMaxConcurrentStreams
 	var connCtx func(context.Context, net.Conn) context.Context
 	if fh, ok := h.(*Handler); ok {
 		maxHeader, readHeader = fh.maxHeaderBytes(), fh.readHeaderTimeout()
+		if fh.cfg.MaxConcurrentStreams > 0 {
+			maxStreams = fh.cfg.MaxConcurrentStreams
+		}
 		// Serve wraps the connections so the requests net/http refuses
 		// itself are logged too (see watchConn).
 		h, connCtx = &watchedHandler{fh}, connContext
+	}
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	if tlsConf != nil {
+		tlsConf = withALPN(tlsConf)
+		protos.SetHTTP2(true)
 	}
 	return &http.Server{
 		Addr:              addr,
@@ -178,9 +194,33 @@ func NewServer(addr string, h http.Handler, tlsConf *tls.Config, log *slog.Logge
 		IdleTimeout:       IdleTimeout,
 		MaxHeaderBytes:    maxHeader,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-		// No HTTP/2 on the proxy port: CONNECT tunnels need HTTP/1.1.
-		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
+		Protocols:         &protos,
+		// No ReadTimeout or WriteTimeout: a stream is a tunnel that may
+		// stay open for days. IdleTimeout ends a connection without
+		// streams; MaxHeaderBytes bounds a stream's header block too.
+		HTTP2: &http.HTTP2Config{MaxConcurrentStreams: maxStreams},
 	}
+}
+
+// withALPN returns a copy of c that offers h2 and http/1.1 by ALPN. A
+// GetConfigForClient (tlsconf's reloadable configurations answer every
+// handshake with one) is wrapped so that the configuration it returns
+// offers them too.
+func withALPN(c *tls.Config) *tls.Config {
+	c = c.Clone()
+	c.NextProtos = []string{"h2", "http/1.1"}
+	if get := c.GetConfigForClient; get != nil {
+		c.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			cc, err := get(hello)
+			if cc == nil || err != nil {
+				return cc, err
+			}
+			cc = cc.Clone()
+			cc.NextProtos = []string{"h2", "http/1.1"}
+			return cc, nil
+		}
+	}
+	return c
 }
 
 // EvictVia drops the connection pools of absolute-form requests whose
@@ -198,6 +238,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.open.running.Add(1)
 	defer h.open.running.Add(-1)
 	start := time.Now()
+	r = h2AbsoluteForm(r)
 	target, err := destination(r)
 	if err != nil {
 		h.fail(w, r, start, "", target, http.StatusBadRequest, err.Error())
@@ -307,13 +348,16 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, start time.Time, 
 		kind = "connect"
 	}
 	h.cfg.Metrics.Request(kind, status)
-	h.log.Info("request refused", "agent", clip(agentID), "client", r.RemoteAddr, "method", r.Method,
+	h.log.Info("request refused", "agent", clip(agentID), "client", r.RemoteAddr, "method", r.Method, "proto", r.Proto,
 		"destination", clip(target), "status", status, "reason", reason)
 	h.cfg.Audit.Record(audit.Entry{Agent: agentID, Client: r.RemoteAddr, Method: r.Method, Destination: target,
 		Status: status, Outcome: wire.Outcome(status), Reason: reason, Duration: time.Since(start)})
 	// Bytes pipelined behind a refused CONNECT are not a request, and a
-	// client that failed to authenticate or sent garbage is not kept.
-	closeConn := r.Method == http.MethodConnect || status == http.StatusProxyAuthRequired || status == http.StatusBadRequest
+	// client that failed to authenticate or sent garbage is not kept. Not
+	// over HTTP/2: a refusal ends its stream, and "Connection: close"
+	// would make net/http end the connection, with every other stream.
+	closeConn := r.ProtoMajor == 1 &&
+		(r.Method == http.MethodConnect || status == http.StatusProxyAuthRequired || status == http.StatusBadRequest)
 	writeError(w, status, reason, closeConn)
 }
 
@@ -362,6 +406,10 @@ func (h *Handler) connect(w http.ResponseWriter, r *http.Request, agentID, targe
 	}
 	h.cfg.Metrics.Opened(time.Since(start))
 	h.cfg.Metrics.Request("connect", http.StatusOK)
+	if r.ProtoMajor == 2 {
+		h.connectH2(w, r, agentID, target, start, relay.AsConn(tunnel), release)
+		return
+	}
 	rc := http.NewResponseController(w)
 	conn, brw, err := rc.Hijack()
 	conn = unwatch(conn)
@@ -377,7 +425,7 @@ func (h *Handler) connect(w http.ResponseWriter, r *http.Request, agentID, targe
 		conn.Close()
 		release()
 		h.cfg.Metrics.Closed(0, 0)
-		h.logTunnel(agentID, r.RemoteAddr, target, "CONNECT", start, relay.Result{Err: fmt.Errorf("client gone: %w", err)})
+		h.logTunnel(agentID, r.RemoteAddr, target, r.Proto, start, relay.Result{Err: fmt.Errorf("client gone: %w", err)})
 		return
 	}
 	// The relay runs in goroutines of its own and this one, whose stack
@@ -400,22 +448,25 @@ func (h *Handler) connect(w http.ResponseWriter, r *http.Request, agentID, targe
 	}
 	h.open.add(o)
 	h.open.running.Add(1)
-	clientAddr := r.RemoteAddr
+	clientAddr, proto := r.RemoteAddr, r.Proto
 	rt.Store(relay.StartIdle(relay.NewTCP(conn, brw.Reader), relay.AsConn(tunnel), h.idle, func(res relay.Result) {
 		defer h.open.running.Add(-1)
 		h.open.remove(o)
 		release()
 		h.cfg.Metrics.Closed(res.AToB, res.BToA)
-		h.logTunnel(agentID, clientAddr, target, "CONNECT", start, res)
+		h.logTunnel(agentID, clientAddr, target, proto, start, res)
 	}))
 }
 
-func (h *Handler) logTunnel(agentID, client, target, method string, start time.Time, res relay.Result) {
+// logTunnel logs and audits the end of a CONNECT tunnel; proto is its
+// request's (HTTP/1.1, HTTP/2.0).
+func (h *Handler) logTunnel(agentID, client, target, proto string, start time.Time, res relay.Result) {
+	const method = http.MethodConnect
 	outcome := "ok"
 	if res.Err != nil {
 		outcome = res.Err.Error()
 	}
-	h.log.Info("tunnel closed", "agent", agentID, "client", client, "method", method, "destination", target,
+	h.log.Info("tunnel closed", "agent", agentID, "client", client, "method", method, "proto", proto, "destination", target,
 		"bytes_up", res.AToB, "bytes_down", res.BToA,
 		"duration", time.Since(start).Round(time.Millisecond).String(), "outcome", outcome)
 	e := audit.Entry{Agent: agentID, Client: client, Method: method, Destination: target,
@@ -456,12 +507,14 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, agentID, targe
 	if c, _ := r.Context().Value(watchKey{}).(*watchConn); c != nil {
 		inner := c.Conn
 		o.abort = func() { inner.Close() }
+	} else if c, _ := r.Context().Value(h2ConnKey{}).(net.Conn); c != nil {
+		o.abort = func() { c.Close() } // the whole HTTP/2 connection, at the deadline
 	}
 	h.open.add(o)
 	defer h.open.remove(o)
 	defer func() {
 		up, down := sw.bytes()
-		attrs := []any{"agent", agentID, "client", r.RemoteAddr, "method", r.Method,
+		attrs := []any{"agent", agentID, "client", r.RemoteAddr, "method", r.Method, "proto", r.Proto,
 			"url", r.URL.Redacted(), "status", sw.status, "bytes_up", up, "bytes_down", down,
 			"duration", time.Since(start).Round(time.Millisecond).String()}
 		if sw.reason != "" {
