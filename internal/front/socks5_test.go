@@ -189,7 +189,9 @@ func TestSOCKS5Auth(t *testing.T) {
 		return s
 	}
 	echo := roletest.Echo(t)
-	d := dialerFunc(func(ctx context.Context, agentID, hostport string) (net.Conn, error) { return net.Dial("tcp", hostport) })
+	d := dialerFunc(func(ctx context.Context, agentID, hostport string) (net.Conn, error) {
+		return net.Dial("tcp", hostport)
+	})
 	logs := &syncBuffer{}
 	h := front.New(front.Config{Auth: auth.JWT(auth.NewVerifier(key.Public(), "")), Dialer: d}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	addr, _ := serveSOCKS5(t, h, logs)
@@ -274,7 +276,9 @@ func TestSOCKS5Malformed(t *testing.T) {
 func TestSOCKS5Drain(t *testing.T) {
 	echo := roletest.Echo(t)
 	check := roletest.Goroutines(t)
-	d := dialerFunc(func(ctx context.Context, agentID, hostport string) (net.Conn, error) { return net.Dial("tcp", hostport) })
+	d := dialerFunc(func(ctx context.Context, agentID, hostport string) (net.Conn, error) {
+		return net.Dial("tcp", hostport)
+	})
 	h := front.New(front.Config{Auth: auth.NoAuth(), Dialer: d, MaxTunnelsPerClient: 1}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	addr, stop := serveSOCKS5(t, h, io.Discard)
 	c := roletest.SOCKS5Connect(t, addr, "4711", echo)
