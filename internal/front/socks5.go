@@ -17,6 +17,7 @@ import (
 	"github.com/reverse-http/reverse-http/internal/audit"
 	"github.com/reverse-http/reverse-http/internal/auth"
 	"github.com/reverse-http/reverse-http/internal/relay"
+	"github.com/reverse-http/reverse-http/internal/run"
 	"github.com/reverse-http/reverse-http/internal/socks5"
 	"github.com/reverse-http/reverse-http/internal/wire"
 )
@@ -55,6 +56,23 @@ type SOCKS5 struct {
 func NewSOCKS5(h *Handler, ln net.Listener, log *slog.Logger) *SOCKS5 {
 	return &SOCKS5{h: h, ln: ln, log: log, handshaking: map[net.Conn]struct{}{}}
 }
+
+// ListenSOCKS5 binds addr for a SOCKS5 front through h, served once Run
+// runs; log gets the component name. An empty addr is no SOCKS5 front:
+// nil, nil. A bind error is a *run.ListenError for "socks5".
+func ListenSOCKS5(addr string, h *Handler, log *slog.Logger) (*SOCKS5, error) {
+	if addr == "" {
+		return nil, nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, &run.ListenError{Part: "socks5", Err: err}
+	}
+	return NewSOCKS5(h, ln, log.With("component", "socks5")), nil
+}
+
+// Close closes the listener of a SOCKS5 that will not Run.
+func (s *SOCKS5) Close() error { return s.ln.Close() }
 
 // Addr is the listener's address.
 func (s *SOCKS5) Addr() net.Addr { return s.ln.Addr() }
