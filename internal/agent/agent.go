@@ -1,5 +1,6 @@
-// Package agent is the agent role: it keeps one authenticated QUIC
-// connection to a proxy, accepts the tunnels the proxy opens, checks each
+// Package agent is the agent role: it keeps one authenticated connection
+// to a proxy, over QUIC or, where UDP is blocked, over TLS on TCP (package
+// transport), accepts the tunnels the proxy opens, checks each
 // destination against its allowlist, dials it and relays bytes.
 package agent
 
@@ -9,7 +10,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -31,6 +31,7 @@ import (
 	"github.com/reverse-http/reverse-http/internal/relay"
 	"github.com/reverse-http/reverse-http/internal/reload"
 	"github.com/reverse-http/reverse-http/internal/run"
+	"github.com/reverse-http/reverse-http/internal/transport"
 	"github.com/reverse-http/reverse-http/internal/wire"
 )
 
@@ -38,6 +39,17 @@ import (
 type Config struct {
 	// ServerAddr is the proxy's agent server, host:port (UDP).
 	ServerAddr string
+	// TransportMode is how the agent reaches the proxy: TransportAuto
+	// (the default: QUIC, falling back to TCP when QUIC does not connect),
+	// TransportQUIC or TransportTCP.
+	TransportMode string
+	// TCPServerAddr is the proxy's agent server over TCP, host:port.
+	// Empty: ServerAddr's host and port, on TCP.
+	TCPServerAddr string
+	// QUICProbeInterval is how often an agent in TransportAuto that fell
+	// back to TCP tries QUIC again; when QUIC connects, it moves back
+	// (make-before-break). Default 3 minutes.
+	QUICProbeInterval time.Duration
 	// ID is this agent's ID, if known, for /tunnels and /readyz (the
 	// credential carries it; a JWT's is not read here).
 	ID string
@@ -130,6 +142,13 @@ func (c *Config) setDefaults() {
 	def(&c.ReplacedWait, 30*time.Second)
 	def(&c.BackoffMax, 30*time.Second)
 	def(&c.ShutdownTimeout, 30*time.Second)
+	def(&c.QUICProbeInterval, 3*time.Minute)
+	if c.TransportMode == "" {
+		c.TransportMode = TransportAuto
+	}
+	if c.TCPServerAddr == "" {
+		c.TCPServerAddr = c.ServerAddr
+	}
 	if c.MaxStreams <= 0 {
 		c.MaxStreams = 100_000
 	}
@@ -138,12 +157,22 @@ func (c *Config) setDefaults() {
 	}
 }
 
+// Values of Config.TransportMode.
+const (
+	TransportAuto = "auto"
+	TransportQUIC = transport.QUIC
+	TransportTCP  = transport.TCP
+)
+
 // Agent is a running agent.
 type Agent struct {
 	cfg  Config
 	log  *slog.Logger
 	open tunnelSet
 	live atomic.Int32 // connections authenticated to a proxy now (two while moving)
+	// udpBlocked: in TransportAuto, the last QUIC attempt failed, so
+	// connections start with TCP until a QUIC probe succeeds.
+	udpBlocked atomic.Bool
 	// allowList is Config.Allow, or what SetAllow put in its place.
 	allowList atomic.Pointer[allow.List]
 }
@@ -218,6 +247,34 @@ func (a *Agent) run(ctx context.Context) error {
 		})...)
 }
 
+// liveSession is a session running in a goroutine of its own.
+type liveSession struct {
+	up     chan string     // gets the transport once authenticated
+	moved  chan struct{}   // closed when the proxy asked the agent to move
+	retire chan struct{}   // closed to retire it: see session
+	done   chan sessionEnd // gets how it ended
+}
+
+// startSession runs a session, over conn if not nil (a connection a QUIC
+// probe made), in a goroutine counted by wg.
+func (a *Agent) startSession(ctx context.Context, wg *sync.WaitGroup, conn transport.Conn) *liveSession {
+	ls := &liveSession{up: make(chan string, 1), moved: make(chan struct{}), retire: make(chan struct{}), done: make(chan sessionEnd, 1)}
+	var once sync.Once
+	wg.Go(func() {
+		up, err := a.session(ctx, conn, ls.retire, func(tr string) { ls.up <- tr },
+			func() { once.Do(func() { close(ls.moved) }) })
+		select {
+		case <-ls.moved:
+			a.log.Info("the connection this agent moved from has ended", "connected_for", up.Round(time.Millisecond).String(), "cause", err)
+		case <-ls.retire:
+			a.log.Info("the connection this agent moved from has ended", "connected_for", up.Round(time.Millisecond).String(), "cause", err)
+		default:
+		}
+		ls.done <- sessionEnd{up, err}
+	})
+	return ls
+}
+
 // connect connects, serves tunnels and reconnects until ctx ends.
 func (a *Agent) connect(ctx context.Context) error {
 	b := backoff{base: 200 * time.Millisecond, max: a.cfg.BackoffMax}
@@ -226,30 +283,60 @@ func (a *Agent) connect(ctx context.Context) error {
 	// goes on, with its tunnels, while the next one connects.
 	var sessions sync.WaitGroup
 	defer sessions.Wait()
+	probe := time.NewTimer(time.Hour)
+	probe.Stop()
+	defer probe.Stop()
+	var next transport.Conn // made by a QUIC probe, for the next session
 	for {
-		moved := make(chan struct{})
-		var once sync.Once
-		done := make(chan sessionEnd, 1)
-		sessions.Go(func() {
-			up, err := a.session(ctx, func() { once.Do(func() { close(moved) }) })
-			select {
-			case <-moved:
-				a.log.Info("the connection this agent moved from has ended", "connected_for", up.Round(time.Millisecond).String(), "cause", err)
-			default:
-			}
-			done <- sessionEnd{up, err}
-		})
+		cur := a.startSession(ctx, &sessions, next)
+		next = nil
 		var (
-			connected time.Duration
-			err       error
+			end   sessionEnd
+			ended bool
 		)
-		select {
-		case end := <-done:
-			connected, err = end.up, end.err
-		case <-moved:
-			b.reset()
-			continue // at once; the old session ends by itself
+	serving:
+		for {
+			select {
+			case tr := <-cur.up:
+				probe.Stop()
+				if a.cfg.TransportMode == TransportAuto && tr == transport.TCP {
+					probe.Reset(a.cfg.QUICProbeInterval)
+				}
+				continue
+			case end = <-cur.done:
+				ended = true
+			case <-cur.moved:
+				b.reset()
+				probe.Stop()
+			case <-probe.C:
+				conn, err := a.dialQUIC(ctx)
+				if err != nil {
+					a.log.Debug("QUIC still does not connect: staying on TCP", "server", a.cfg.ServerAddr, "error", err,
+						"next_try_in", a.cfg.QUICProbeInterval.String())
+					probe.Reset(a.cfg.QUICProbeInterval)
+					continue
+				}
+				a.log.Info("QUIC connects again: moving back from TCP; tunnels on the TCP connection go on until they end",
+					"server", a.cfg.ServerAddr)
+				a.udpBlocked.Store(false)
+				ls := a.startSession(ctx, &sessions, conn)
+				select {
+				case <-ls.up:
+					close(cur.retire)
+					cur = ls
+				case e := <-ls.done:
+					a.log.Warn("moving back to QUIC failed: staying on TCP", "error", e.err,
+						"next_try_in", a.cfg.QUICProbeInterval.String())
+					probe.Reset(a.cfg.QUICProbeInterval)
+				}
+				continue
+			}
+			break serving
 		}
+		if !ended && ctx.Err() == nil {
+			continue // moved: connect again at once; the old session ends by itself
+		}
+		connected, err := end.up, end.err
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -292,39 +379,29 @@ func (a *Agent) connect(ctx context.Context) error {
 }
 
 // session runs one connection; it returns how long the connection was up
-// (zero if it never authenticated) and why it ended.
+// (zero if it never authenticated) and why it ended. It dials the proxy
+// unless conn is given; up is called with the transport once the
+// connection authenticated.
 //
 // moved is called (once) when the proxy asks the agent to move; the
-// session then goes on until the proxy closes the connection. When ctx
-// ends, the session drains: new tunnels are refused with 503, and the
-// connection is closed once the open ones ended or ShutdownTimeout passed.
-func (a *Agent) session(ctx context.Context, moved func()) (time.Duration, error) {
+// session then goes on until the proxy closes it. Closing retire retires
+// the session for a newer one: it goes on serving tunnels and closes once
+// none has been open for a moment. When ctx ends, the session drains: new
+// tunnels are refused with 503, and the connection is closed once the
+// open ones ended or ShutdownTimeout passed.
+func (a *Agent) session(ctx context.Context, conn transport.Conn, retire <-chan struct{}, up func(string), moved func()) (time.Duration, error) {
 	cred, err := a.cfg.Credential()
 	if err != nil {
+		if conn != nil {
+			conn.CloseWithError(wire.CodeNoError, "agent has no credential")
+		}
 		return 0, fmt.Errorf("credential: %w", err)
 	}
-	tlsConf := a.cfg.TLS.Clone()
-	tlsConf.NextProtos = []string{wire.ALPN}
-	tlsConf.MinVersion = tls.VersionTLS13
-	// quic-go ends a handshake that received nothing for
-	// HandshakeIdleTimeout with an IdleTimeoutError; the context, a little
-	// longer, bounds a handshake that gets answers but stalls. That keeps
-	// "no answer at all" (UDP blocked, no proxy there) distinguishable.
-	dialCtx, cancel := context.WithTimeout(ctx, a.cfg.HandshakeTimeout+a.cfg.HandshakeTimeout/2)
-	conn, err := a.dialProxy(dialCtx, tlsConf, &quic.Config{
-		KeepAlivePeriod:       a.cfg.KeepAlive,
-		MaxIdleTimeout:        a.cfg.IdleTimeout,
-		HandshakeIdleTimeout:  a.cfg.HandshakeTimeout,
-		MaxIncomingStreams:    a.cfg.MaxStreams,
-		MaxIncomingUniStreams: wire.MaxControlStreams,
-	})
-	cancel()
-	if err != nil {
-		var idle *quic.IdleTimeoutError
-		if errors.As(err, &idle) && ctx.Err() == nil {
-			return 0, &noAnswerError{server: a.cfg.ServerAddr, after: a.cfg.HandshakeTimeout, err: err}
+	if conn == nil {
+		conn, err = a.dialProxy(ctx)
+		if err != nil {
+			return 0, err
 		}
-		return 0, fmt.Errorf("connect to %s: %w", a.cfg.ServerAddr, err)
 	}
 	var wg sync.WaitGroup
 	defer func() {
@@ -337,7 +414,7 @@ func (a *Agent) session(ctx context.Context, moved func()) (time.Duration, error
 		// the stream read returns wrapped in err.
 		return 0, err
 	}
-	up := time.Now()
+	upSince := time.Now()
 	agentID := auth.CredentialAgentID(cred)
 	if a.live.Add(1) == 1 {
 		a.cfg.Metrics.Agents(1)
@@ -347,18 +424,49 @@ func (a *Agent) session(ctx context.Context, moved func()) (time.Duration, error
 			a.cfg.Metrics.Agents(-1)
 		}
 	}()
-	a.log.Info("connected to proxy", "server", a.cfg.ServerAddr, "remote", conn.RemoteAddr().String())
+	tr := conn.Transport()
+	a.cfg.Metrics.Transport(tr, 1)
+	defer a.cfg.Metrics.Transport(tr, -1)
+	a.log.Info("connected to proxy", "server", conn.RemoteAddr().String(), "transport", tr)
+	up(tr)
 	wg.Go(func() { a.control(conn, moved) })
 
 	// The agent's own shutdown: no new tunnels; the open ones get until
 	// ShutdownTimeout, then the connection closes.
-	var open atomic.Int64 // tunnels being opened or relayed
+	var open atomic.Int64     // tunnels being opened or relayed
+	var accepted atomic.Int64 // tunnels accepted so far
 	var draining atomic.Bool
 	wg.Go(func() {
 		select {
 		case <-conn.Context().Done():
 			return
 		case <-ctx.Done():
+		case <-retire:
+			// The proxy may still send a tunnel or two here until it has
+			// seen the new connection: close once none was open for a
+			// while.
+			const quiet = 500 * time.Millisecond
+			tick := time.NewTicker(20 * time.Millisecond)
+			defer tick.Stop()
+			last, since := accepted.Load(), time.Now()
+			for {
+				select {
+				case <-conn.Context().Done():
+					return
+				case <-ctx.Done():
+				case <-tick.C:
+					if n := accepted.Load(); n != last || open.Load() > 0 {
+						last, since = n, time.Now()
+						continue
+					}
+					if time.Since(since) < quiet {
+						continue
+					}
+					conn.CloseWithError(wire.CodeNoError, "agent moved to a new connection")
+					return
+				}
+				break
+			}
 		}
 		draining.Store(true)
 		deadline := time.NewTimer(a.cfg.ShutdownTimeout)
@@ -384,11 +492,12 @@ func (a *Agent) session(ctx context.Context, moved func()) (time.Duration, error
 			if cause := context.Cause(conn.Context()); cause != nil && conn.Context().Err() != nil {
 				err = cause
 			}
-			return time.Since(up), err
+			return time.Since(upSince), err
 		}
 		// Counted before the check, so the drain watcher never closes the
 		// connection under a tunnel it let in.
 		open.Add(1)
+		accepted.Add(1)
 		if draining.Load() {
 			open.Add(-1)
 			wg.Go(func() {
@@ -417,26 +526,19 @@ func (a *Agent) session(ctx context.Context, moved func()) (time.Duration, error
 	}
 }
 
-// control reads the control messages the proxy sends on unidirectional
-// streams until the connection ends; a move calls moved.
-func (a *Agent) control(conn *quic.Conn, moved func()) {
+// control reads the control messages the proxy sends until the
+// connection ends; a move calls moved.
+func (a *Agent) control(conn transport.Conn, moved func()) {
 	for {
-		st, err := conn.AcceptUniStream(conn.Context())
+		msg, err := conn.AcceptControl(conn.Context())
 		if err != nil {
 			return
-		}
-		st.SetReadDeadline(time.Now().Add(5 * time.Second))
-		msg, err := wire.ReadMessage(io.LimitReader(st, 4+wire.MaxControlLen))
-		st.CancelRead(0)
-		if err != nil {
-			a.log.Debug("control message unreadable", "error", err)
-			continue
 		}
 		name, reason, _ := strings.Cut(msg, "\n")
 		switch name {
 		case wire.ControlMove:
 			a.log.Info("proxy asked this agent to move: connecting again; tunnels on this connection go on until the proxy closes it",
-				"server", a.cfg.ServerAddr, "remote", conn.RemoteAddr().String(), "reason", clipReason(reason))
+				"server", a.cfg.ServerAddr, "remote", conn.RemoteAddr().String(), "transport", conn.Transport(), "reason", clipReason(reason))
 			moved()
 		default:
 			a.log.Debug("unknown control message ignored", "message", clipReason(name))
@@ -451,17 +553,118 @@ func clipReason(s string) string {
 	return s
 }
 
-// dialProxy connects to the proxy from a new UDP socket, or through
+// dialProxy connects to the proxy the way TransportMode says. In
+// TransportAuto it tries QUIC, then TCP when QUIC does not connect (no
+// answer within HandshakeTimeout, or any other failure below the
+// authentication); after such a fallback it starts with TCP, and a QUIC
+// probe (see connect) moves it back.
+func (a *Agent) dialProxy(ctx context.Context) (transport.Conn, error) {
+	switch a.cfg.TransportMode {
+	case TransportQUIC:
+		return a.dialQUIC(ctx)
+	case TransportTCP:
+		return a.dialTCP(ctx)
+	}
+	first, second := a.dialQUIC, a.dialTCP
+	firstName, secondName := transport.QUIC, transport.TCP
+	if a.udpBlocked.Load() {
+		first, second = second, first
+		firstName, secondName = secondName, firstName
+	}
+	conn, err := first(ctx)
+	if err == nil || ctx.Err() != nil {
+		return conn, err
+	}
+	a.log.Warn("could not connect to the proxy over "+firstName+": trying "+secondName,
+		"server", a.addrOf(firstName), "error", err)
+	conn, err2 := second(ctx)
+	if err2 != nil {
+		return nil, fmt.Errorf("%w; over %s: %w", err, secondName, err2)
+	}
+	a.udpBlocked.Store(secondName == transport.TCP)
+	return conn, nil
+}
+
+func (a *Agent) addrOf(tr string) string {
+	if tr == transport.TCP {
+		return a.cfg.TCPServerAddr
+	}
+	return a.cfg.ServerAddr
+}
+
+// dialQUIC connects over QUIC from a new UDP socket, or through
 // Config.Transport.
-func (a *Agent) dialProxy(ctx context.Context, tlsConf *tls.Config, conf *quic.Config) (*quic.Conn, error) {
+func (a *Agent) dialQUIC(ctx context.Context) (transport.Conn, error) {
+	tlsConf := a.cfg.TLS.Clone()
+	tlsConf.NextProtos = []string{wire.ALPN}
+	tlsConf.MinVersion = tls.VersionTLS13
+	conf := &quic.Config{
+		KeepAlivePeriod:       a.cfg.KeepAlive,
+		MaxIdleTimeout:        a.cfg.IdleTimeout,
+		HandshakeIdleTimeout:  a.cfg.HandshakeTimeout,
+		MaxIncomingStreams:    a.cfg.MaxStreams,
+		MaxIncomingUniStreams: wire.MaxControlStreams,
+	}
+	// quic-go ends a handshake that received nothing for
+	// HandshakeIdleTimeout with an IdleTimeoutError; the context, a little
+	// longer, bounds a handshake that gets answers but stalls. That keeps
+	// "no answer at all" (UDP blocked, no proxy there) distinguishable.
+	dialCtx, cancel := context.WithTimeout(ctx, a.cfg.HandshakeTimeout+a.cfg.HandshakeTimeout/2)
+	defer cancel()
+	var conn *quic.Conn
+	var err error
 	if a.cfg.Transport == nil {
-		return quic.DialAddr(ctx, a.cfg.ServerAddr, tlsConf, conf)
+		conn, err = quic.DialAddr(dialCtx, a.cfg.ServerAddr, tlsConf, conf)
+	} else {
+		var addr *net.UDPAddr
+		addr, err = net.ResolveUDPAddr("udp", a.cfg.ServerAddr)
+		if err == nil {
+			conn, err = a.cfg.Transport.Dial(dialCtx, addr, tlsConf, conf)
+		}
 	}
-	addr, err := net.ResolveUDPAddr("udp", a.cfg.ServerAddr)
 	if err != nil {
-		return nil, err
+		var idle *quic.IdleTimeoutError
+		if errors.As(err, &idle) && ctx.Err() == nil {
+			return nil, &noAnswerError{server: a.cfg.ServerAddr, after: a.cfg.HandshakeTimeout, err: err}
+		}
+		return nil, fmt.Errorf("connect to %s: %w", a.cfg.ServerAddr, err)
 	}
-	return a.cfg.Transport.Dial(ctx, addr, tlsConf, conf)
+	return transport.FromQUIC(conn), nil
+}
+
+// dialTCP connects over TLS on TCP (package transport) to TCPServerAddr,
+// within HandshakeTimeout.
+func (a *Agent) dialTCP(ctx context.Context) (transport.Conn, error) {
+	addr := a.cfg.TCPServerAddr
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.HandshakeTimeout)
+	defer cancel()
+	var d net.Dialer
+	raw, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s over TCP: %w", addr, err)
+	}
+	tlsConf := a.cfg.TLS.Clone()
+	tlsConf.NextProtos = []string{transport.ALPNTCP}
+	tlsConf.MinVersion = tls.VersionTLS13
+	if tlsConf.ServerName == "" {
+		if host, _, err := net.SplitHostPort(addr); err == nil {
+			tlsConf.ServerName = host
+		}
+	}
+	tc := tls.Client(raw, tlsConf)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("connect to %s over TCP: TLS: %w", addr, err)
+	}
+	if p := tc.ConnectionState().NegotiatedProtocol; p != transport.ALPNTCP {
+		raw.Close()
+		return nil, fmt.Errorf("connect to %s over TCP: the server does not speak %q (ALPN %q): is it a reverse-http proxy's agent port, with --agent-server.tcp.listen-address?", addr, transport.ALPNTCP, p)
+	}
+	return transport.NewTCP(tc, true, transport.TCPConfig{
+		KeepAlive:          a.cfg.KeepAlive,
+		IdleTimeout:        a.cfg.IdleTimeout,
+		MaxIncomingStreams: uint32(min(a.cfg.MaxStreams, 1<<31)),
+	})
 }
 
 // noAnswerError is a handshake that received no packet at all: the proxy's
@@ -478,10 +681,10 @@ func (e *noAnswerError) Error() string {
 
 func (e *noAnswerError) Unwrap() error { return e.err }
 
-func (a *Agent) authenticate(ctx context.Context, conn *quic.Conn, cred string) error {
+func (a *Agent) authenticate(ctx context.Context, conn transport.Conn, cred string) error {
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.HandshakeTimeout)
 	defer cancel()
-	stream, err := conn.OpenStreamSync(ctx)
+	stream, err := conn.OpenStream(ctx)
 	if err != nil {
 		return fmt.Errorf("open auth stream: %w", err)
 	}
@@ -500,7 +703,7 @@ func (a *Agent) authenticate(ctx context.Context, conn *quic.Conn, cred string) 
 // tunnel answers one stream opened by the proxy. When the destination is
 // dialed, it returns the function that starts relaying the tunnel; that
 // calls ended once the tunnel is closed.
-func (a *Agent) tunnel(ctx context.Context, conn *quic.Conn, stream *quic.Stream, agentID string) (startRelay func(ended func())) {
+func (a *Agent) tunnel(ctx context.Context, conn transport.Conn, stream transport.Stream, agentID string) (startRelay func(ended func())) {
 	start := time.Now()
 	stream.SetReadDeadline(start.Add(a.cfg.DialTimeout))
 	br := bufio.NewReaderSize(stream, 1024)
@@ -564,7 +767,7 @@ func (a *Agent) audit(agentID, target, dialed string, start time.Time, status in
 		BytesUp: res.AToB, BytesDown: res.BToA, Duration: time.Since(start)})
 }
 
-func (a *Agent) refuse(stream *quic.Stream, status int, reason, target string) {
+func (a *Agent) refuse(stream transport.Stream, status int, reason, target string) {
 	a.log.Info("tunnel refused", "destination", target, "status", status, "reason", reason)
 	a.cfg.Metrics.Request("agent", status)
 	stream.SetWriteDeadline(time.Now().Add(5 * time.Second))

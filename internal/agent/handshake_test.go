@@ -63,12 +63,13 @@ func TestHandshakeWithoutAnswer(t *testing.T) {
 		ServerAddr:       addr,
 		TLS:              &tls.Config{ServerName: "localhost"},
 		Credential:       func() (string, error) { return "4711", nil },
+		TransportMode:    TransportQUIC,
 		HandshakeTimeout: 300 * time.Millisecond,
 		BackoffMax:       50 * time.Millisecond,
 	}, slog.New(slog.NewTextHandler(logs, nil)))
 
 	start := time.Now()
-	_, err := a.session(context.Background(), func() {})
+	_, err := a.session(context.Background(), nil, nil, func(string) {}, func() {})
 	var na *noAnswerError
 	var idle *quic.IdleTimeoutError
 	if !errors.As(err, &na) || !errors.As(err, &idle) {
@@ -124,9 +125,10 @@ func TestHandshakeAnsweredIsNotNoAnswer(t *testing.T) {
 		ServerAddr:       ln.Addr().String(),
 		TLS:              &tls.Config{ServerName: "localhost"}, // system roots: the self-signed certificate is refused
 		Credential:       func() (string, error) { return "4711", nil },
+		TransportMode:    TransportQUIC,
 		HandshakeTimeout: 2 * time.Second,
 	}, slog.New(slog.NewTextHandler(&lockedBuffer{}, nil)))
-	_, err = a.session(context.Background(), func() {})
+	_, err = a.session(context.Background(), nil, nil, func(string) {}, func() {})
 	var na *noAnswerError
 	if err == nil || errors.As(err, &na) {
 		t.Fatalf("session: %v, want a TLS failure, not a no-answer error", err)

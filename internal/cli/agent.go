@@ -18,9 +18,12 @@ import (
 // AgentCmd is `reverse-http agent`.
 type AgentCmd struct {
 	AgentClient struct {
-		ServerAddress string   `default:"localhost:4242" help:"The proxy's agent server (UDP host:port)."`
-		HostWhitelist []string `placeholder:"PATTERNS" help:"Destinations this agent may dial (comma-separated or repeated). Empty allows all."`
-		TLS           struct {
+		ServerAddress     string        `default:"localhost:4242" help:"The proxy's agent server (host:port; QUIC on UDP, and the TCP fallback on the same port unless --agent-client.tcp-server-address)."`
+		Transport         string        `enum:"auto,quic,tcp" default:"auto" placeholder:"auto|quic|tcp" help:"How to reach the proxy: quic, tcp (TLS on TCP, for networks that block UDP), or auto: QUIC, falling back to TCP when QUIC does not connect within --agent-client.handshake-timeout, and back to QUIC when it connects again."`
+		TCPServerAddress  string        `name:"tcp-server-address" placeholder:"HOST:PORT" help:"The proxy's agent server over TCP, when not at --agent-client.server-address (e.g. port 443 behind a TCP load balancer)."`
+		QUICProbeInterval time.Duration `name:"quic-probe-interval" default:"3m" help:"With --agent-client.transport=auto, after falling back to TCP: how often to try QUIC again."`
+		HostWhitelist     []string      `placeholder:"PATTERNS" help:"Destinations this agent may dial (comma-separated or repeated). Empty allows all."`
+		TLS               struct {
 			Refresh            time.Duration `default:"0s" help:"Re-read the certificate files at this interval (0 = never)."`
 			InsecureSkipVerify bool          `help:"Do not verify the proxy's certificate."`
 			File               struct {
@@ -77,6 +80,14 @@ func (c *AgentCmd) validate() error {
 	}
 	if _, _, err := net.SplitHostPort(ac.ServerAddress); err != nil {
 		return fmt.Errorf("--agent-client.server-address: %w", err)
+	}
+	if a := ac.TCPServerAddress; a != "" {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return fmt.Errorf("--agent-client.tcp-server-address: %w", err)
+		}
+	}
+	if ac.QUICProbeInterval < time.Second {
+		return fmt.Errorf("--agent-client.quic-probe-interval: must be at least 1s, got %s", ac.QUICProbeInterval)
 	}
 	_, err := adminAddress(c.Admin, c.Metrics)
 	return err
@@ -140,28 +151,31 @@ func (c *AgentCmd) Run(e *Env) error {
 	if err != nil {
 		return err
 	}
-	e.Log.Info("agent starting", "server", ac.ServerAddress, "auth", c.Auth.Type, "allowlist", allowList.String(),
+	e.Log.Info("agent starting", "server", ac.ServerAddress, "transport", ac.Transport, "auth", c.Auth.Type, "allowlist", allowList.String(),
 		"block_local", ac.BlockLocal)
 	a := agent.New(agent.Config{
-		AdminAddr:        adminAddr,
-		Pprof:            c.Admin.Pprof,
-		Metrics:          m,
-		Audit:            auditLog,
-		ServerAddr:       ac.ServerAddress,
-		ID:               agentID,
-		TLS:              tlsFiles.Config(),
-		Credential:       credential,
-		Allow:            allowList,
-		DialTimeout:      ac.DialTimeout,
-		HandshakeTimeout: ac.HandshakeTimeout,
-		KeepAlive:        ac.KeepAlive,
-		IdleTimeout:      ac.IdleTimeout,
-		MaxStreams:       ac.MaxStreams,
-		ReplacedWait:     ac.ReplacedWait,
-		ShutdownTimeout:  c.ShutdownTimeout,
-		BackoffMax:       ac.BackoffMax,
-		BlockLocal:       ac.BlockLocal,
-		Reload:           c.reloader(e, tlsFiles),
+		AdminAddr:         adminAddr,
+		Pprof:             c.Admin.Pprof,
+		Metrics:           m,
+		Audit:             auditLog,
+		ServerAddr:        ac.ServerAddress,
+		TransportMode:     ac.Transport,
+		TCPServerAddr:     ac.TCPServerAddress,
+		QUICProbeInterval: ac.QUICProbeInterval,
+		ID:                agentID,
+		TLS:               tlsFiles.Config(),
+		Credential:        credential,
+		Allow:             allowList,
+		DialTimeout:       ac.DialTimeout,
+		HandshakeTimeout:  ac.HandshakeTimeout,
+		KeepAlive:         ac.KeepAlive,
+		IdleTimeout:       ac.IdleTimeout,
+		MaxStreams:        ac.MaxStreams,
+		ReplacedWait:      ac.ReplacedWait,
+		ShutdownTimeout:   c.ShutdownTimeout,
+		BackoffMax:        ac.BackoffMax,
+		BlockLocal:        ac.BlockLocal,
+		Reload:            c.reloader(e, tlsFiles),
 	}, e.Log)
 	return listenError(a.Run(e.Ctx), map[string]string{"admin": adminFlag(c.Admin)})
 }

@@ -76,7 +76,10 @@ func (c ConnectorTLS) config(e *Env) (*tlsconf.Reloadable, error) {
 type ProxyCmd struct {
 	AgentServer struct {
 		ListenAddress string `default:":4242" help:"UDP address where agents connect over QUIC."`
-		TLS           struct {
+		TCP           struct {
+			ListenAddress *string `placeholder:"ADDR" help:"TCP address where agents whose UDP is blocked connect (TLS on TCP, the same certificates and auth); empty disables it (default: the --agent-server.listen-address, on TCP)."`
+		} `embed:"" prefix:"tcp."`
+		TLS struct {
 			Refresh time.Duration  `default:"0s" help:"Re-read the certificate files at this interval (0 = never)."`
 			File    TLSServerFiles `embed:"" prefix:"file."`
 			// AgentIDFromCert binds agent IDs to client certificates.
@@ -281,6 +284,7 @@ func (c *ProxyCmd) Run(e *Env) error {
 	cfg := proxy.NodeConfig{
 		Agents: c.Limits.proxyConfig(proxy.Config{
 			ListenAddr:        c.AgentServer.ListenAddress,
+			TCPListenAddr:     c.tcpListenAddr(),
 			TLS:               agentTLS,
 			Auth:              authn,
 			DialTimeout:       c.AgentServer.Agent.DialTimeout,
@@ -331,8 +335,8 @@ func (c *ProxyCmd) Run(e *Env) error {
 	n := proxy.NewNode(cfg, e.Log)
 	if err := n.Listen(); err != nil {
 		return listenError(err, map[string]string{
-			"agents": "agent-server.listen-address", "clients": "http-proxy.listen-address",
-			"socks5": "socks5.listen-address", "admin": adminFlag(c.Admin)})
+			"agents": "agent-server.listen-address", "agents-tcp": "agent-server.tcp.listen-address",
+			"clients": "http-proxy.listen-address", "socks5": "socks5.listen-address", "admin": adminFlag(c.Admin)})
 	}
 	if selfSigned != "" {
 		e.Log.Warn("no --agent-server.tls.file.cert/key: using a self-signed certificate generated in memory; agents must use --agent-client.tls.insecure-skip-verify",
@@ -491,3 +495,12 @@ type prefixedError struct {
 
 func (e *prefixedError) Error() string { return e.msg }
 func (e *prefixedError) Unwrap() error { return e.err }
+
+// tcpListenAddr is --agent-server.tcp.listen-address: by default the
+// QUIC listener's address, on TCP; set empty, none.
+func (c *ProxyCmd) tcpListenAddr() string {
+	if c.AgentServer.TCP.ListenAddress == nil {
+		return c.AgentServer.ListenAddress
+	}
+	return *c.AgentServer.TCP.ListenAddress
+}

@@ -19,6 +19,7 @@ type Metrics struct {
 	Registry *prometheus.Registry
 
 	AgentsConnected  prometheus.Gauge
+	AgentsTransport  *prometheus.GaugeVec
 	AgentConnections *prometheus.CounterVec // outcome: authenticated, auth_failed, replaced, closed, duplicate, over_limit, rate_limited
 	TunnelsOpen      prometheus.Gauge
 	Tunnels          *prometheus.CounterVec // kind: connect, forward, socks5, agent, invalid; outcome: see wire.Outcome
@@ -64,6 +65,9 @@ func New() *Metrics {
 			Help:    "Time to open a tunnel through an agent, including the agent's dial of the destination.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}),
+		AgentsTransport: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "reverse_http_agents_connected_by_transport", Help: "Agent connections up now by transport: quic, or tcp (the fallback where UDP is blocked). On an agent, its own connections.",
+		}, []string{"transport"}),
 		TunnelsForwarded: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "reverse_http_tunnels_forwarded_total", Help: "Tunnels opened through the proxy that holds the agent, from an lb or from a proxy that does not hold it.",
 		}),
@@ -81,7 +85,7 @@ func New() *Metrics {
 		}),
 	}
 	m.BuildInfo.WithLabelValues(Version, Commit, runtime.Version()).Set(1)
-	r.MustRegister(m.AgentsConnected, m.AgentConnections, m.TunnelsOpen, m.Tunnels, m.TunnelBytes, m.TunnelOpen,
+	r.MustRegister(m.AgentsConnected, m.AgentsTransport, m.AgentConnections, m.TunnelsOpen, m.Tunnels, m.TunnelBytes, m.TunnelOpen,
 		m.TunnelsForwarded, m.StoreOps, m.StoreErrors, m.BuildInfo, m.AuditDrops)
 	return m
 }
@@ -114,6 +118,13 @@ func (m *Metrics) Session(outcome string) {
 func (m *Metrics) Agents(delta float64) {
 	if m != nil {
 		m.AgentsConnected.Add(delta)
+	}
+}
+
+// Transport adds delta to the connections gauge of transport.
+func (m *Metrics) Transport(transport string, delta float64) {
+	if m != nil {
+		m.AgentsTransport.WithLabelValues(transport).Add(delta)
 	}
 }
 

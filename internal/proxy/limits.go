@@ -12,6 +12,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/reverse-http/reverse-http/internal/metrics"
+	"github.com/reverse-http/reverse-http/internal/transport"
 	"github.com/reverse-http/reverse-http/internal/wire"
 )
 
@@ -33,7 +34,7 @@ func (s *Server) admit(id string) error {
 
 // refuseAgent closes the connection of an agent that authenticated as id
 // but is over the agents limit.
-func (s *Server) refuseAgent(conn *quic.Conn, id string, err error) {
+func (s *Server) refuseAgent(conn transport.Conn, id string, err error) {
 	s.log.Warn("agent refused", "agent", id, "remote", conn.RemoteAddr().String(), "reason", err.Error())
 	conn.CloseWithError(wire.CodeTooManyAgents, truncate(err.Error(), 200))
 	s.cfg.Metrics.Session("over_limit")

@@ -114,8 +114,8 @@ func NewNode(cfg NodeConfig, log *slog.Logger) *Node {
 }
 
 // Listen binds the agent, client, SOCKS5 and admin listeners. An error is
-// a *run.ListenError naming the listener ("agents", "clients", "socks5",
-// "admin"), and nothing stays bound.
+// a *run.ListenError naming the listener ("agents", "agents-tcp",
+// "clients", "socks5", "admin"), and nothing stays bound.
 func (n *Node) Listen() (err error) {
 	acfg := n.cfg.Agents
 	acfg.Metrics = n.metrics
@@ -129,6 +129,10 @@ func (n *Node) Listen() (err error) {
 	}
 	n.agents = New(acfg, n.log.With("component", "agent-server"))
 	if err := n.agents.Listen(); err != nil {
+		var tcp *TCPListenError
+		if errors.As(err, &tcp) {
+			return &run.ListenError{Part: "agents-tcp", Err: tcp.Err}
+		}
 		return &run.ListenError{Part: "agents", Err: errors.Unwrap(err)}
 	}
 	defer func() {

@@ -1,4 +1,5 @@
-// Package proxy is the proxy role's agent side: it accepts agents over QUIC,
+// Package proxy is the proxy role's agent side: it accepts agents over QUIC
+// and, where their UDP is blocked, over TLS on TCP (package transport),
 // authenticates them, keeps one connection per agent ID and opens tunnels
 // to them.
 package proxy
@@ -23,6 +24,7 @@ import (
 	"github.com/reverse-http/reverse-http/internal/auth"
 	"github.com/reverse-http/reverse-http/internal/metrics"
 	"github.com/reverse-http/reverse-http/internal/relay"
+	"github.com/reverse-http/reverse-http/internal/transport"
 	"github.com/reverse-http/reverse-http/internal/wire"
 )
 
@@ -30,6 +32,10 @@ import (
 type Config struct {
 	// ListenAddr is the UDP address agents connect to.
 	ListenAddr string
+	// TCPListenAddr, if not empty, is the TCP address agents whose UDP is
+	// blocked connect to (package transport's TCP variant), with the same
+	// TLS configuration and authentication.
+	TCPListenAddr string
 	// TLS is the server's TLS configuration; NextProtos is set to wire.ALPN.
 	TLS *tls.Config
 	// Auth checks the agents' credentials.
@@ -91,12 +97,17 @@ type Config struct {
 
 // Server accepts agents and dials tunnels through them.
 type Server struct {
-	cfg      Config
-	log      *slog.Logger
-	ln       *quic.Listener
-	tr       *quic.Transport
-	mu       sync.RWMutex
-	agents   map[string]*session
+	cfg    Config
+	log    *slog.Logger
+	ln     *quic.Listener
+	tr     *quic.Transport
+	tcpLn  net.Listener // nil without TCPListenAddr
+	tcpTLS *tls.Config
+	mu     sync.RWMutex
+	agents map[string]*session
+	// retiring are connections out of agents that close when their last
+	// tunnel ends (see retire); Run closes them too.
+	retiring map[*session]struct{}
 	closing  bool // Run is closing: no agent is registered any more
 	draining bool // Drain was called: new agents are refused
 	// dups remembers agent IDs whose live connection was replaced from
@@ -116,13 +127,46 @@ func (s *Server) SetAuth(a auth.Authenticator) { s.authn.Store(&a) }
 
 type session struct {
 	id      string
-	conn    *quic.Conn
+	conn    transport.Conn
 	remote  string
 	since   time.Time
 	tunnels atomic.Int64 // open through this agent now
+	// retired, once set, is why the connection is closed when its last
+	// tunnel ends: it was replaced by a newer one for its ID, here or at
+	// another proxy, and is no longer in Server.agents.
+	retired atomic.Pointer[retirement]
 	total   atomic.Int64 // tunnels opened through this agent
 	// bytes to and from the agent, over all its tunnels so far
 	bytesUp, bytesDown atomic.Int64
+}
+
+type retirement struct {
+	code   quic.ApplicationErrorCode
+	reason string
+}
+
+// retire closes a's connection with code and reason once its last tunnel
+// has ended, at once if none is open: a connection replaced by a newer
+// one keeps the tunnels it carries (make-before-break). a must be out of
+// s.agents already, so that no new tunnel uses it.
+func (s *Server) retire(a *session, code quic.ApplicationErrorCode, reason string) {
+	a.retired.CompareAndSwap(nil, &retirement{code, reason})
+	if a.tunnels.Load() == 0 {
+		a.conn.CloseWithError(code, reason)
+		return
+	}
+	s.log.Info("agent connection replaced: it closes when its open tunnels end",
+		"agent", a.id, "remote", a.remote, "transport", a.conn.Transport(), "tunnels", a.tunnels.Load())
+}
+
+// tunnelDone counts a tunnel of a as ended, and closes a retired
+// connection whose last tunnel it was.
+func (a *session) tunnelDone() {
+	if a.tunnels.Add(-1) == 0 {
+		if r := a.retired.Load(); r != nil {
+			a.conn.CloseWithError(r.code, r.reason)
+		}
+	}
 }
 
 // dupState is what the proxy remembers of an agent ID used by two
@@ -151,7 +195,7 @@ func New(cfg Config, log *slog.Logger) *Server {
 	if cfg.DuplicateProbe <= 0 {
 		cfg.DuplicateProbe = 3 * time.Second
 	}
-	s := &Server{cfg: cfg, log: log, agents: make(map[string]*session), dups: make(map[string]*dupState)}
+	s := &Server{cfg: cfg, log: log, agents: make(map[string]*session), retiring: make(map[*session]struct{}), dups: make(map[string]*dupState)}
 	s.SetAuth(cfg.Auth)
 	if cfg.HandshakesPerSecond > 0 {
 		s.hs = newHandshakeLimiter(cfg.HandshakesPerSecond, cfg.HandshakeBurst, log, cfg.Metrics)
@@ -171,8 +215,54 @@ func (s *Server) quicConfig() *quic.Config {
 
 // Listen binds the UDP listener.
 func (s *Server) Listen() error {
+	tlsConf := s.tlsConfig(wire.ALPN)
+	udpAddr, err := net.ResolveUDPAddr("udp", s.cfg.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("agent server: listen on %s: %w", s.cfg.ListenAddr, err)
+	}
+	udp, err := net.ListenUDP("udp", udpAddr)
+	if err != nil {
+		return fmt.Errorf("agent server: listen on %s: %w", s.cfg.ListenAddr, err)
+	}
+	tr := &quic.Transport{Conn: udp, StatelessResetKey: s.cfg.StatelessResetKey}
+	if s.hs != nil {
+		tr.ConnContext = s.hs.connContext
+	}
+	ln, err := tr.Listen(tlsConf, s.quicConfig())
+	if err != nil {
+		udp.Close()
+		return fmt.Errorf("agent server: listen on %s: %w", s.cfg.ListenAddr, err)
+	}
+	if s.cfg.TCPListenAddr != "" {
+		tcpLn, err := net.Listen("tcp", s.cfg.TCPListenAddr)
+		if err != nil {
+			ln.Close()
+			tr.Close()
+			return &TCPListenError{Addr: s.cfg.TCPListenAddr, Err: err}
+		}
+		s.tcpLn, s.tcpTLS = tcpLn, s.tlsConfig(transport.ALPNTCP)
+	}
+	s.ln, s.tr = ln, tr
+	return nil
+}
+
+// TCPListenError is a failure to bind the TCP listener for agents.
+type TCPListenError struct {
+	Addr string
+	Err  error
+}
+
+func (e *TCPListenError) Error() string {
+	return fmt.Sprintf("agent server: listen on %s (TCP): %v", e.Addr, e.Err)
+}
+
+func (e *TCPListenError) Unwrap() error { return e.Err }
+
+// tlsConfig is the server TLS configuration with alpn, TLS 1.3 and no
+// session tickets.
+func (s *Server) tlsConfig(alpn string) *tls.Config {
 	adjust := func(c *tls.Config) {
-		c.NextProtos = []string{wire.ALPN}
+		c.NextProtos = []string{alpn}
 		// Agents never resume sessions; a ticket would cost every
 		// connection a few KB of memory for nothing.
 		c.SessionTicketsDisabled = true
@@ -194,25 +284,7 @@ func (s *Server) Listen() error {
 			return c, err
 		}
 	}
-	udpAddr, err := net.ResolveUDPAddr("udp", s.cfg.ListenAddr)
-	if err != nil {
-		return fmt.Errorf("agent server: listen on %s: %w", s.cfg.ListenAddr, err)
-	}
-	udp, err := net.ListenUDP("udp", udpAddr)
-	if err != nil {
-		return fmt.Errorf("agent server: listen on %s: %w", s.cfg.ListenAddr, err)
-	}
-	tr := &quic.Transport{Conn: udp, StatelessResetKey: s.cfg.StatelessResetKey}
-	if s.hs != nil {
-		tr.ConnContext = s.hs.connContext
-	}
-	ln, err := tr.Listen(tlsConf, s.quicConfig())
-	if err != nil {
-		udp.Close()
-		return fmt.Errorf("agent server: listen on %s: %w", s.cfg.ListenAddr, err)
-	}
-	s.ln, s.tr = ln, tr
-	return nil
+	return tlsConf
 }
 
 // Close releases the listener of a Server that will not Run.
@@ -221,11 +293,22 @@ func (s *Server) Close() error {
 		return nil
 	}
 	s.ln.Close()
+	if s.tcpLn != nil {
+		s.tcpLn.Close()
+	}
 	return s.tr.Close()
 }
 
 // Addr is the bound UDP address; Listen must have succeeded.
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// TCPAddr is the bound TCP address for agents, nil without one.
+func (s *Server) TCPAddr() net.Addr {
+	if s.tcpLn == nil {
+		return nil
+	}
+	return s.tcpLn.Addr()
+}
 
 // Run accepts agents until ctx ends, then closes every agent connection and
 // returns after all goroutines it started have ended.
@@ -235,9 +318,22 @@ func (s *Server) Run(ctx context.Context) error {
 			return err
 		}
 	}
-	s.log.Info("agent server listening", "address", s.ln.Addr().String())
-	stop := context.AfterFunc(ctx, func() { s.ln.Close() })
+	if s.tcpLn != nil {
+		s.log.Info("agent server listening", "address", s.ln.Addr().String(), "tcp_address", s.tcpLn.Addr().String())
+	} else {
+		s.log.Info("agent server listening", "address", s.ln.Addr().String())
+	}
+	stop := context.AfterFunc(ctx, func() {
+		s.ln.Close()
+		if s.tcpLn != nil {
+			s.tcpLn.Close()
+		}
+	})
 	defer stop()
+	tcpErr := make(chan error, 1)
+	if s.tcpLn != nil {
+		s.wg.Go(func() { tcpErr <- s.acceptTCP(ctx) })
+	}
 	var err error
 	for {
 		var conn *quic.Conn
@@ -245,18 +341,24 @@ func (s *Server) Run(ctx context.Context) error {
 		if err != nil {
 			break
 		}
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			s.serve(ctx, conn)
-		}()
+		s.wg.Go(func() { s.serve(ctx, transport.FromQUIC(conn)) })
 	}
 	s.ln.Close()
+	if s.tcpLn != nil {
+		s.tcpLn.Close()
+		if terr := <-tcpErr; ctx.Err() == nil && terr != nil {
+			err = terr
+		}
+	}
 	closing := time.Now()
 	s.mu.Lock()
 	s.closing = true
 	n := len(s.agents)
 	for _, a := range s.agents {
+		a.conn.CloseWithError(wire.CodeShutdown, "proxy shutting down")
+	}
+	// Retired connections still carrying tunnels end with the others.
+	for a := range s.retiring {
 		a.conn.CloseWithError(wire.CodeShutdown, "proxy shutting down")
 	}
 	s.mu.Unlock()
@@ -305,7 +407,7 @@ func (s *Server) Drain(reason string, move bool) {
 			sem <- struct{}{}
 			wg.Go(func() {
 				defer func() { <-sem }()
-				if err := sendControl(a.conn, wire.ControlMove+"\n"+reason); err != nil {
+				if err := a.conn.SendControl(wire.ControlMove + "\n" + reason); err != nil {
 					// An agent that cannot take the message (one from
 					// before it existed) would be unreachable for the
 					// whole drain: it reconnects elsewhere only when closed.
@@ -322,24 +424,60 @@ func (s *Server) Drain(reason string, move bool) {
 	}()
 }
 
-// sendControl sends one control message on a new unidirectional stream,
-// within a second. An agent that allows no such stream (an older one)
-// makes it fail at once.
-func sendControl(conn *quic.Conn, msg string) error {
-	st, err := conn.OpenUniStream()
-	if err != nil {
-		return err
+// acceptTCP accepts agents on the TCP listener until it is closed. A
+// connection over the handshake rate is closed before any TLS work; the
+// TLS handshake is bounded by AuthTimeout and must pick ALPN
+// transport.ALPNTCP.
+func (s *Server) acceptTCP(ctx context.Context) error {
+	for {
+		raw, err := s.tcpLn.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("agent server: accept on %s (TCP): %w", s.tcpLn.Addr(), err)
+		}
+		if s.hs != nil && !s.hs.allow(time.Now(), raw.RemoteAddr()) {
+			raw.Close()
+			continue
+		}
+		s.wg.Go(func() {
+			conn, err := s.handshakeTCP(ctx, raw)
+			if err != nil {
+				s.log.Warn("agent TLS handshake failed", "remote", raw.RemoteAddr().String(), "transport", transport.TCP, "error", err)
+				s.cfg.Metrics.Session("auth_failed")
+				return
+			}
+			s.serve(ctx, conn)
+			// The Conn's own goroutines end within a second of its close;
+			// Run returns after them.
+			<-conn.Context().Done()
+			conn.(interface{ Wait() }).Wait()
+		})
 	}
-	st.SetWriteDeadline(time.Now().Add(time.Second))
-	if err := wire.WriteMessage(st, msg); err != nil {
-		st.CancelWrite(wire.StreamCodeAbort)
-		return err
+}
+
+func (s *Server) handshakeTCP(ctx context.Context, raw net.Conn) (transport.Conn, error) {
+	tc := tls.Server(raw, s.tcpTLS)
+	hctx, cancel := context.WithTimeout(ctx, s.cfg.AuthTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		raw.Close()
+		return nil, err
 	}
-	return st.Close()
+	if p := tc.ConnectionState().NegotiatedProtocol; p != transport.ALPNTCP {
+		raw.Close()
+		return nil, fmt.Errorf("the agent offered no TLS application protocol %q (got %q): not a reverse-http agent over TCP", transport.ALPNTCP, p)
+	}
+	return transport.NewTCP(tc, false, transport.TCPConfig{IdleTimeout: s.cfg.IdleTimeout})
 }
 
 // serve authenticates a new connection and registers it.
-func (s *Server) serve(ctx context.Context, conn *quic.Conn) {
+func (s *Server) serve(ctx context.Context, conn transport.Conn) {
 	remote := conn.RemoteAddr().String()
 	s.mu.RLock()
 	draining := s.draining
@@ -398,17 +536,23 @@ func (s *Server) serve(ctx context.Context, conn *quic.Conn) {
 	if old != nil && old.remote != remote && old.conn.Context().Err() == nil {
 		s.noteReplaced(id, sess.since)
 	}
-	s.mu.Unlock()
 	s.cfg.Metrics.Session("authenticated")
+	s.cfg.Metrics.Transport(conn.Transport(), 1)
+	if old != nil {
+		s.cfg.Metrics.Transport(old.conn.Transport(), -1)
+		s.retiring[old] = struct{}{}
+	}
+	s.mu.Unlock()
 	if old != nil {
 		s.log.Warn("agent connection replaced by a new one with the same ID",
-			"agent", id, "old_remote", old.conn.RemoteAddr().String(), "new_remote", remote)
-		old.conn.CloseWithError(wire.CodeReplaced, "replaced by a new connection for agent "+id+" from "+remote)
+			"agent", id, "old_remote", old.remote, "old_transport", old.conn.Transport(),
+			"new_remote", remote, "transport", conn.Transport())
+		s.retire(old, wire.CodeReplaced, "replaced by a new connection for agent "+id+" from "+remote)
 		s.cfg.Metrics.Session("replaced")
 	} else {
 		s.cfg.Metrics.Agents(1)
 	}
-	s.log.Info("agent connected", "agent", id, "remote", remote)
+	s.log.Info("agent connected", "agent", id, "remote", remote, "transport", conn.Transport())
 	if s.cfg.OnAgent != nil {
 		s.cfg.OnAgent(id, true)
 	}
@@ -420,10 +564,12 @@ func (s *Server) serve(ctx context.Context, conn *quic.Conn) {
 		if current {
 			delete(s.agents, id)
 			s.cfg.Metrics.Agents(-1)
+			s.cfg.Metrics.Transport(conn.Transport(), -1)
 			s.cfg.Metrics.Session("closed") // a replaced one was counted as such
 		}
+		delete(s.retiring, sess)
 		s.mu.Unlock()
-		s.log.Info("agent disconnected", "agent", id, "remote", remote,
+		s.log.Info("agent disconnected", "agent", id, "remote", remote, "transport", conn.Transport(),
 			"connected_for", time.Since(sess.since).Round(time.Millisecond).String(),
 			"cause", context.Cause(conn.Context()))
 		if current && s.cfg.OnAgent != nil {
@@ -491,8 +637,8 @@ func (s *Server) noteReplaced(id string, t time.Time) {
 // answering reports whether conn receives a packet within d: a live agent
 // sends keep-alives, a dead one whose connection has not timed out yet
 // sends nothing.
-func answering(ctx context.Context, conn *quic.Conn, d time.Duration) bool {
-	before := conn.ConnectionStats().PacketsReceived
+func answering(ctx context.Context, conn transport.Conn, d time.Duration) bool {
+	before := conn.Received()
 	timer := time.NewTimer(d)
 	defer timer.Stop()
 	tick := time.NewTicker(20 * time.Millisecond)
@@ -506,7 +652,7 @@ func answering(ctx context.Context, conn *quic.Conn, d time.Duration) bool {
 		case <-timer.C:
 			return false
 		case <-tick.C:
-			if conn.ConnectionStats().PacketsReceived > before {
+			if conn.Received() > before {
 				return true
 			}
 		}
@@ -515,7 +661,7 @@ func answering(ctx context.Context, conn *quic.Conn, d time.Duration) bool {
 
 var errEmptyID = errors.New("empty agent ID")
 
-func (s *Server) authenticate(ctx context.Context, conn *quic.Conn) (string, error) {
+func (s *Server) authenticate(ctx context.Context, conn transport.Conn) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.AuthTimeout)
 	defer cancel()
 	stream, err := conn.AcceptStream(ctx)
@@ -541,7 +687,7 @@ func (s *Server) authenticate(ctx context.Context, conn *quic.Conn) (string, err
 		return "", errEmptyID
 	}
 	if s.cfg.AgentIDFromCert != "" {
-		if err := checkCertBinding(s.cfg.AgentIDFromCert, conn.ConnectionState().TLS, id); err != nil {
+		if err := checkCertBinding(s.cfg.AgentIDFromCert, conn.TLS(), id); err != nil {
 			return id, err
 		}
 	}
@@ -574,6 +720,8 @@ type AgentInfo struct {
 	BytesUp      int64     `json:"bytes_up"`
 	BytesDown    int64     `json:"bytes_down"`
 	RTTMillis    float64   `json:"rtt_ms"`
+	// Transport is transport.QUIC or transport.TCP.
+	Transport string `json:"transport"`
 }
 
 // AgentInfos returns the connected agents, sorted by ID.
@@ -590,7 +738,8 @@ func (s *Server) AgentInfos() []AgentInfo {
 			ID: a.id, RemoteAddr: a.remote, ConnectedAt: a.since.UTC(),
 			TunnelsOpen: a.tunnels.Load(), TunnelsTotal: a.total.Load(),
 			BytesUp: a.bytesUp.Load(), BytesDown: a.bytesDown.Load(),
-			RTTMillis: float64(a.conn.ConnectionStats().SmoothedRTT.Microseconds()) / 1000,
+			RTTMillis: float64(a.conn.RTT().Microseconds()) / 1000,
+			Transport: a.conn.Transport(),
 		}
 	}
 	slices.SortFunc(out, func(a, b AgentInfo) int { return strings.Compare(a.ID, b.ID) })
@@ -622,13 +771,24 @@ func (s *Server) Session(agentID string) (Session, bool) {
 // Drop closes the connection of sess with an application error, if it is
 // still agent sess.ID's current connection. It reports whether it did.
 func (s *Server) Drop(sess Session, code quic.ApplicationErrorCode, reason string) bool {
-	s.mu.RLock()
+	s.mu.Lock()
 	a := s.agents[sess.ID]
-	s.mu.RUnlock()
 	if a == nil || !a.since.Equal(sess.Since) {
+		s.mu.Unlock()
 		return false
 	}
-	a.conn.CloseWithError(code, reason)
+	// Out of the map now, so that no new tunnel uses it; its open tunnels
+	// go on (retire).
+	delete(s.agents, sess.ID)
+	s.retiring[a] = struct{}{}
+	s.cfg.Metrics.Agents(-1)
+	s.cfg.Metrics.Transport(a.conn.Transport(), -1)
+	s.cfg.Metrics.Session("closed")
+	s.mu.Unlock()
+	if s.cfg.OnAgent != nil {
+		s.cfg.OnAgent(sess.ID, false)
+	}
+	s.retire(a, code, reason)
 	return true
 }
 
@@ -663,12 +823,12 @@ func (s *Server) Dial(ctx context.Context, agentID, hostport string) (net.Conn, 
 	opened := false
 	defer func() {
 		if !opened {
-			sess.tunnels.Add(-1)
+			sess.tunnelDone()
 		}
 	}()
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
 	defer cancel()
-	stream, err := sess.conn.OpenStreamSync(ctx)
+	stream, err := sess.conn.OpenStream(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, wire.Errorf(wire.ErrTimeout, fmt.Sprintf("agent %s: no tunnel available within %s", agentID, s.cfg.DialTimeout))
@@ -718,7 +878,7 @@ func (s *Server) Dial(ctx context.Context, agentID, hostport string) (net.Conn, 
 	}
 	stream.SetDeadline(time.Time{})
 	tunnel := relay.NewStream(stream, br, sess.conn.LocalAddr(), sess.conn.RemoteAddr())
-	tunnel.OnClose(func() { sess.tunnels.Add(-1) })
+	tunnel.OnClose(sess.tunnelDone)
 	tunnel.Count(&sess.bytesDown, &sess.bytesUp)
 	sess.total.Add(1)
 	opened = true

@@ -8,18 +8,20 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+
+	"github.com/reverse-http/reverse-http/internal/transport"
 )
 
 // AbortCode is the QUIC stream error code sent when a tunnel is torn down
 // after an error.
 const AbortCode quic.StreamErrorCode = 0x1
 
-// Stream adapts a QUIC stream that carries one tunnel to net.Conn and Conn.
+// Stream adapts a stream (QUIC, or yamux over TCP) that carries one tunnel to net.Conn and Conn.
 // Bytes the tunnel's handshake read ahead into a bufio.Reader are returned
 // first. Close aborts only the halves that did not end cleanly, so a stream
 // whose FIN was written never loses buffered bytes to a reset.
 type Stream struct {
-	s      *quic.Stream
+	s      transport.Stream
 	br     *bufio.Reader
 	local  net.Addr
 	remote net.Addr
@@ -50,8 +52,8 @@ func (c *Stream) release() {
 }
 
 // NewStream wraps s. br, if not nil, is a reader over s holding bytes read
-// ahead; local and remote are the QUIC connection's addresses.
-func NewStream(s *quic.Stream, br *bufio.Reader, local, remote net.Addr) *Stream {
+// ahead; local and remote are the agent connection's addresses.
+func NewStream(s transport.Stream, br *bufio.Reader, local, remote net.Addr) *Stream {
 	if br != nil && br.Buffered() == 0 {
 		br = nil
 	}
