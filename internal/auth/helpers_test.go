@@ -8,6 +8,7 @@ import (
 	"crypto/rsa"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -70,8 +71,9 @@ func mustSign(t testing.TB, key crypto.Signer, o TokenOptions) string {
 	return tok
 }
 
-// claimsAt returns valid claims as Sign would make them, for tokens crafted
-// by hand with the jwt package.
+// claimsAt returns valid claims as the reference signs them (Sign leaves
+// out iss, sub, nbf and jti), for tokens crafted by hand with the jwt
+// package.
 func claimsAt(agentID, role string, now time.Time) Claims {
 	return Claims{
 		AgentID: agentID,
@@ -111,4 +113,13 @@ func wantErr(t *testing.T, err error, want string, is ...error) {
 			t.Errorf("error %q does not wrap %v", err, target)
 		}
 	}
+}
+
+// newUUID returns a random (version 4) UUID, as the reference's jti.
+func newUUID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40 // version 4
+	b[8] = b[8]&0x3f | 0x80 // RFC 9562 variant
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
 }

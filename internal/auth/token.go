@@ -2,7 +2,6 @@ package auth
 
 import (
 	"crypto"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"time"
@@ -32,13 +31,19 @@ type TokenOptions struct {
 	Audience string
 	// Duration from Now to exp; must be positive.
 	Duration time.Duration
-	// Now is iat and nbf; zero means time.Now().
+	// Now is iat; zero means time.Now().
 	Now time.Time
 }
 
 // Sign returns a JWT signed by key: ES256 for an ECDSA P-256 key, RS256 for
-// RSA. It carries agent_id, role, iss "reverse-http", sub (the agent ID),
-// iat, nbf, exp, a random UUIDv4 jti and, when set, aud as a one-element list.
+// RSA. It carries agent_id, role, iat, exp and, when set, aud as a
+// one-element list; its header only alg.
+//
+// The claims are kept to those the proxy (and the reference's proxy)
+// reads, so that a client token fits where a password may be at most 255
+// bytes (SOCKS5, RFC 1929; see MaxCompactAgentID). Tokens with more
+// claims, as the reference signs them (iss, sub, nbf, jti), verify all
+// the same.
 func Sign(key crypto.Signer, o TokenOptions) (string, error) {
 	alg, err := algOf(key)
 	if err != nil {
@@ -61,32 +66,31 @@ func Sign(key crypto.Signer, o TokenOptions) (string, error) {
 		AgentID: o.AgentID,
 		Role:    o.Role,
 		RegisteredClaims: jwt.RegisteredClaims{
-			Issuer:    Issuer,
-			Subject:   o.AgentID,
 			ExpiresAt: jwt.NewNumericDate(now.Add(o.Duration)),
-			NotBefore: jwt.NewNumericDate(now),
 			IssuedAt:  jwt.NewNumericDate(now),
-			ID:        newUUID(),
 		},
 	}
 	if o.Audience != "" {
 		claims.Audience = jwt.ClaimStrings{o.Audience}
 	}
-	s, err := jwt.NewWithClaims(jwt.GetSigningMethod(alg), claims).SignedString(key)
+	t := jwt.NewWithClaims(jwt.GetSigningMethod(alg), claims)
+	delete(t.Header, "typ") // optional (RFC 7519 section 5.1); no verifier reads it
+	s, err := t.SignedString(key)
 	if err != nil {
 		return "", fmt.Errorf("sign %s token: %w", alg, err)
 	}
 	return s, nil
 }
 
-// newUUID returns a random (version 4) UUID in its canonical text form.
-func newUUID() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])  // never fails; see crypto/rand.Read
-	b[6] = b[6]&0x0f | 0x40 // version 4
-	b[8] = b[8]&0x3f | 0x80 // RFC 9562 variant
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
-}
+// MaxSOCKS5Password is the longest password a SOCKS5 client can send (RFC
+// 1929 section 2), and so the longest client token it can use.
+const MaxSOCKS5Password = 255
+
+// MaxCompactAgentID is the longest agent ID, in bytes, whose ES256 client
+// token Sign keeps within MaxSOCKS5Password when it has no audience (and
+// exp is before the year 2286). An audience adds about 4/3 of its length
+// plus 12 bytes; RS256 tokens are longer than 255 bytes whatever the ID.
+const MaxCompactAgentID = 45
 
 // Verifier checks tokens signed by one key. It is safe for concurrent use.
 type Verifier struct {

@@ -47,17 +47,14 @@ func TestSignVerify(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if c.AgentID != tc.opts.AgentID || c.Role != tc.opts.Role || c.Subject != tc.opts.AgentID || c.Issuer != Issuer {
-					t.Errorf("claims agent_id=%q role=%q sub=%q iss=%q", c.AgentID, c.Role, c.Subject, c.Issuer)
+				if c.AgentID != tc.opts.AgentID || c.Role != tc.opts.Role {
+					t.Errorf("claims agent_id=%q role=%q", c.AgentID, c.Role)
 				}
-				if !uuidV4.MatchString(c.ID) {
-					t.Errorf("jti %q is not a UUIDv4", c.ID)
+				if c.Subject != "" || c.Issuer != "" || c.ID != "" || c.NotBefore != nil {
+					t.Errorf("sub=%q iss=%q jti=%q nbf=%v, want none: compact claims", c.Subject, c.Issuer, c.ID, c.NotBefore)
 				}
 				if got := c.ExpiresAt.Sub(c.IssuedAt.Time); got != tc.opts.Duration {
 					t.Errorf("exp - iat = %v, want %v", got, tc.opts.Duration)
-				}
-				if !c.NotBefore.Equal(c.IssuedAt.Time) {
-					t.Errorf("nbf %v != iat %v", c.NotBefore, c.IssuedAt)
 				}
 				if !tc.opts.Now.IsZero() && !c.IssuedAt.Equal(tc.opts.Now) {
 					t.Errorf("iat %v, want %v", c.IssuedAt, tc.opts.Now)
@@ -77,10 +74,14 @@ func TestSignVerify(t *testing.T) {
 	}
 }
 
-// TestTokenWireFormat pins the JSON claim names, shared with the reference.
+// TestTokenWireFormat pins the JSON claim names, shared with the
+// reference, and the compact claim set and header.
 func TestTokenWireFormat(t *testing.T) {
 	tok := mustSign(t, testKeys().ec, TokenOptions{AgentID: "4711", Role: RoleClient, Audience: "aud1", Duration: time.Hour})
 	parts := strings.Split(tok, ".")
+	if hdr, _ := base64.RawURLEncoding.DecodeString(parts[0]); string(hdr) != `{"alg":"ES256"}` {
+		t.Errorf("header %s, want {\"alg\":\"ES256\"}", hdr)
+	}
 	raw, err := base64.RawURLEncoding.DecodeString(parts[1])
 	if err != nil {
 		t.Fatal(err)
@@ -89,16 +90,58 @@ func TestTokenWireFormat(t *testing.T) {
 	if err := json.Unmarshal(raw, &m); err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []string{"agent_id", "role", "iss", "sub", "exp", "nbf", "iat", "jti", "aud"} {
+	for _, k := range []string{"agent_id", "role", "exp", "iat", "aud"} {
 		if _, ok := m[k]; !ok {
 			t.Errorf("claim %q missing in %s", k, raw)
 		}
 	}
-	if len(m) != 9 {
-		t.Errorf("claims %s, want exactly 9", raw)
+	if len(m) != 5 {
+		t.Errorf("claims %s, want exactly 5", raw)
 	}
 	if aud, ok := m["aud"].([]any); !ok || len(aud) != 1 || aud[0] != "aud1" {
 		t.Errorf("aud = %#v, want [\"aud1\"] as a list like the reference", m["aud"])
+	}
+}
+
+// TestClientTokenFitsSOCKS5: an ES256 client token without an audience,
+// as `auth jwt token` makes it by default, fits in an RFC 1929 password
+// (255 bytes) for agent IDs up to MaxCompactAgentID bytes, 32 included,
+// multi-byte UTF-8 too, with the longest --duration anyone would give.
+func TestClientTokenFitsSOCKS5(t *testing.T) {
+	if MaxCompactAgentID < 32 {
+		t.Fatalf("MaxCompactAgentID %d, want at least 32", MaxCompactAgentID)
+	}
+	for _, id := range []string{
+		strings.Repeat("a", 32),
+		strings.Repeat("ü", 16), // 32 bytes
+		strings.Repeat("7", MaxCompactAgentID),
+	} {
+		for _, d := range []time.Duration{24 * time.Hour, 100 * 365 * 24 * time.Hour} {
+			tok := mustSign(t, testKeys().ec, TokenOptions{AgentID: id, Role: RoleClient, Duration: d})
+			if len(tok) > MaxSOCKS5Password {
+				t.Errorf("client token for a %d-byte agent ID, valid %s: %d bytes, want at most %d", len(id), d, len(tok), MaxSOCKS5Password)
+			}
+		}
+	}
+}
+
+// TestCompactTokenInterop: a compact token passes the checks the
+// reference's proxy makes (golang-jwt with RS256 and ES256 allowed, 5s
+// leeway, then agent_id and role), and a token with the reference's full
+// claim set and header still verifies here.
+func TestCompactTokenInterop(t *testing.T) {
+	for _, kp := range algKeys() {
+		tok := mustSign(t, kp.key, TokenOptions{AgentID: "4711", Role: RoleClient, Duration: time.Hour})
+		var c Claims
+		_, err := jwt.ParseWithClaims(tok, &c, func(*jwt.Token) (any, error) { return kp.key.Public(), nil },
+			jwt.WithValidMethods([]string{"RS256", "ES256"}), jwt.WithLeeway(5*time.Second))
+		if err != nil || c.AgentID != "4711" || c.Role != RoleClient {
+			t.Errorf("%s: the reference's checks: %v, claims %+v", kp.alg, err, c)
+		}
+		full := signRaw(t, jwt.GetSigningMethod(kp.alg), claimsAt("4711", RoleClient, time.Now()), kp.key)
+		if _, err := NewVerifier(kp.key.Public(), "").Verify(full, RoleClient); err != nil {
+			t.Errorf("%s: a token with the reference's claims: %v", kp.alg, err)
+		}
 	}
 }
 
@@ -169,7 +212,7 @@ func TestVerifyRejects(t *testing.T) {
 			},
 			{
 				name:  "not yet valid",
-				token: sign(TokenOptions{AgentID: "4711", Role: RoleClient, Duration: time.Hour, Now: now.Add(10 * time.Second)}),
+				token: signRaw(t, jwt.GetSigningMethod(kp.alg), claimsAt("4711", RoleClient, now.Add(10*time.Second)), kp.key),
 				want:  "token not valid yet", is: jwt.ErrTokenNotValidYet,
 			},
 			{
@@ -290,20 +333,6 @@ func TestVerifierUnsupportedKey(t *testing.T) {
 	}
 	_, err := new(Verifier).Verify(tok, RoleClient)
 	wantErr(t, err, "not made by NewVerifier", ErrUnauthorized)
-}
-
-func TestNewUUID(t *testing.T) {
-	seen := map[string]bool{}
-	for range 1000 {
-		id := newUUID()
-		if !uuidV4.MatchString(id) {
-			t.Fatalf("%q is not a UUIDv4", id)
-		}
-		if seen[id] {
-			t.Fatalf("duplicate %q", id)
-		}
-		seen[id] = true
-	}
 }
 
 // otherMethod returns a JWT algorithm of the same key family as alg, which

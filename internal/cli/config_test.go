@@ -96,8 +96,8 @@ func TestConfigFileFormats(t *testing.T) {
 			}
 			for _, args := range [][]string{{"--config", cfg}, {"--config=" + cfg}} {
 				claims := tokenClaims(t, f.authPrivate, args...)
-				if claims["sub"] != want || claims["agent_id"] != want {
-					t.Errorf("%q: sub=%v agent_id=%v, want %q", args, claims["sub"], claims["agent_id"], want)
+				if claims["agent_id"] != want {
+					t.Errorf("%q: agent_id=%v, want %q", args, claims["agent_id"], want)
 				}
 			}
 		})
@@ -115,8 +115,8 @@ func TestConfigFileTypes(t *testing.T) {
 			dir := isolate(t)
 			f := newFiles(t)
 			claims := tokenClaims(t, f.authPrivate, "--config", writeFile(t, dir, tc.file, tc.content))
-			if claims["sub"] != "x1" || claims["role"] != "agent" {
-				t.Errorf("sub=%v role=%v, want x1 agent", claims["sub"], claims["role"])
+			if claims["agent_id"] != "x1" || claims["role"] != "agent" {
+				t.Errorf("agent_id=%v role=%v, want x1 agent", claims["agent_id"], claims["role"])
 			}
 			if aud, _ := json.Marshal(claims["aud"]); string(aud) != `["aud"]` && string(aud) != `"aud"` {
 				t.Errorf("aud=%s, want aud", aud)
@@ -258,8 +258,8 @@ func TestConfigPrecedence(t *testing.T) {
 				t.Fatalf("%q exited with %d%s; stderr:\n%s", args, r.code, hint, r.stderr)
 			}
 			claims := parseClaims(t, r.stdout)
-			if claims["sub"] != tc.want {
-				t.Errorf("agent ID %v, want %q%s", claims["sub"], tc.want, hint)
+			if claims["agent_id"] != tc.want {
+				t.Errorf("agent ID %v, want %q%s", claims["agent_id"], tc.want, hint)
 			}
 			if aud, _ := json.Marshal(claims["aud"]); string(aud) != `["`+tc.want+`"]` && string(aud) != `"`+tc.want+`"` {
 				t.Errorf("aud %s, want %q", aud, tc.want)

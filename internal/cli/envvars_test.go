@@ -125,8 +125,8 @@ func TestEnvNestedCommand(t *testing.T) {
 				t.Setenv(k, v)
 			}
 			claims := parseClaims(t, mustRun(t, args...).stdout)
-			if claims["sub"] != tc.wantSub {
-				t.Errorf("sub %v, want %q", claims["sub"], tc.wantSub)
+			if claims["agent_id"] != tc.wantSub {
+				t.Errorf("agent_id %v, want %q", claims["agent_id"], tc.wantSub)
 			}
 			if aud, _ := json.Marshal(claims["aud"]); string(aud) != `["`+tc.wantAud+`"]` && string(aud) != `"`+tc.wantAud+`"` {
 				t.Errorf("aud %s, want %q", aud, tc.wantAud)
@@ -147,12 +147,12 @@ func TestEnvConfigFile(t *testing.T) {
 	f := newFiles(t)
 	t.Setenv("REVERSE_HTTP_CONFIG", writeFile(t, dir, "env.yaml", "auth:\n  jwt:\n    token:\n      agent-id: env-file\n"))
 	args := []string{"auth", "jwt", "token", "-i", f.authPrivate, "-o", "-"}
-	if sub := parseClaims(t, mustRun(t, args...).stdout)["sub"]; sub != "env-file" {
-		t.Errorf("sub %v with $REVERSE_HTTP_CONFIG, want env-file", sub)
+	if sub := parseClaims(t, mustRun(t, args...).stdout)["agent_id"]; sub != "env-file" {
+		t.Errorf("agent_id %v with $REVERSE_HTTP_CONFIG, want env-file", sub)
 	}
 	flagFile := writeFile(t, dir, "flag.yaml", "auth:\n  jwt:\n    token:\n      agent-id: flag-file\n")
-	if sub := parseClaims(t, mustRun(t, append(args, "--config", flagFile)...).stdout)["sub"]; sub != "flag-file" {
-		t.Errorf("sub %v with --config and $REVERSE_HTTP_CONFIG, want flag-file", sub)
+	if sub := parseClaims(t, mustRun(t, append(args, "--config", flagFile)...).stdout)["agent_id"]; sub != "flag-file" {
+		t.Errorf("agent_id %v with --config and $REVERSE_HTTP_CONFIG, want flag-file", sub)
 	}
 }
 

@@ -17,6 +17,7 @@ type LBCmd struct {
 		TLS           HTTPProxyTLS `embed:"" prefix:"tls."`
 		HostWhitelist []string     `placeholder:"PATTERNS" help:"Destinations clients may reach (comma-separated or repeated). Empty allows all."`
 	} `embed:"" prefix:"http-proxy." name:"http-proxy"`
+	SOCKS5        SOCKS5Config `embed:"" prefix:"socks5."`
 	HTTPConnector struct {
 		TLS         ConnectorTLS  `embed:"" prefix:"tls."`
 		DialTimeout time.Duration `default:"15s" help:"How long forwarding a tunnel to a proxy may take, including that proxy's tunnel to the agent."`
@@ -87,6 +88,7 @@ func (c *LBCmd) Run(e *Env) error {
 		Front:              c.Limits.frontConfig(c.HTTPLimits, front.Config{Auth: cs.auth, Allow: cs.allow}),
 		HTTPAddr:           c.HTTPProxy.ListenAddress,
 		HTTPTLS:            cs.serverTLS.Config(),
+		SOCKS5Addr:         c.SOCKS5.ListenAddress,
 		Store:              store,
 		Key:                key,
 		ForwardTLS:         cs.connectorTLS.Config(),
@@ -104,8 +106,10 @@ func (c *LBCmd) Run(e *Env) error {
 			}),
 	}, e.Log)
 	if err := n.Listen(); err != nil {
-		return listenError(err, map[string]string{"clients": "http-proxy.listen-address", "admin": adminFlag(c.Admin)})
+		return listenError(err, map[string]string{"clients": "http-proxy.listen-address",
+			"socks5": "socks5.listen-address", "admin": adminFlag(c.Admin)})
 	}
 	logListening(e, n.HTTPAddr(), cs.serverTLS.Config(), c.Auth.Type, cs.allow)
+	logSOCKS5(e, n.SOCKS5Addr(), c.Auth.Type, cs.allow)
 	return runError(n.Run(e.Ctx))
 }

@@ -96,6 +96,7 @@ type ProxyCmd struct {
 		TLS           HTTPProxyTLS `embed:"" prefix:"tls."`
 		HostWhitelist []string     `placeholder:"PATTERNS" help:"Destinations clients may reach (comma-separated or repeated). Empty allows all."`
 	} `embed:"" prefix:"http-proxy." name:"http-proxy"`
+	SOCKS5        SOCKS5Config `embed:"" prefix:"socks5."`
 	HTTPConnector struct {
 		TLS ConnectorTLS `embed:"" prefix:"tls."`
 	} `embed:"" prefix:"http-connector."`
@@ -294,6 +295,7 @@ func (c *ProxyCmd) Run(e *Env) error {
 		Front:           c.Limits.frontConfig(c.HTTPLimits, front.Config{Auth: authn, Allow: allowList}),
 		HTTPAddr:        c.HTTPProxy.ListenAddress,
 		HTTPTLS:         proxyTLS,
+		SOCKS5Addr:      c.SOCKS5.ListenAddress,
 		AdminAddr:       adminAddr,
 		Pprof:           c.Admin.Pprof,
 		Metrics:         metrics.New(),
@@ -334,13 +336,14 @@ func (c *ProxyCmd) Run(e *Env) error {
 	if err := n.Listen(); err != nil {
 		return listenError(err, map[string]string{
 			"agents": "agent-server.listen-address", "agents-tcp": "agent-server.tcp.listen-address",
-			"clients": "http-proxy.listen-address", "admin": adminFlag(c.Admin)})
+			"clients": "http-proxy.listen-address", "socks5": "socks5.listen-address", "admin": adminFlag(c.Admin)})
 	}
 	if selfSigned != "" {
 		e.Log.Warn("no --agent-server.tls.file.cert/key: using a self-signed certificate generated in memory; agents must use --agent-client.tls.insecure-skip-verify",
 			"sha256_fingerprint", selfSigned)
 	}
 	logListening(e, n.HTTPAddr(), proxyTLS, c.Auth.Type, allowList)
+	logSOCKS5(e, n.SOCKS5Addr(), c.Auth.Type, allowList)
 	return runError(n.Run(e.Ctx))
 }
 

@@ -335,10 +335,17 @@ func (h *Handler) authenticate(r *http.Request) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if err := (*h.authn.Load()).Client(user, pass); err != nil {
+	if err := h.authorize(user, pass); err != nil {
 		return user, err
 	}
 	return user, nil
+}
+
+// authorize checks a client's credentials, user = agent ID and password =
+// noauth or a client token, for both fronts (HTTP Basic and SOCKS5
+// username/password). Errors wrap auth.ErrUnauthorized.
+func (h *Handler) authorize(user, password string) error {
+	return (*h.authn.Load()).Client(user, password)
 }
 
 // fail answers with a status and a one-line plain-text reason, and logs it.

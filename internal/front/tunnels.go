@@ -37,6 +37,10 @@ type openSet struct {
 	mu      sync.Mutex
 	m       map[*open]struct{}
 	running atomic.Int64
+	// handshakes are SOCKS5 connections accepted whose tunnel is not
+	// open yet; Drain waits for them as http.Server.Shutdown waits for
+	// requests in flight.
+	handshakes atomic.Int64
 }
 
 func (s *openSet) add(o *open) {
@@ -121,7 +125,7 @@ func (h *Handler) OpenTunnels() int { return h.open.len() }
 func (h *Handler) Drain(ctx context.Context) {
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
-	for h.open.len() > 0 && ctx.Err() == nil {
+	for (h.open.len() > 0 || h.open.handshakes.Load() > 0) && ctx.Err() == nil {
 		select {
 		case <-ctx.Done():
 		case <-t.C:

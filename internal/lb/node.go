@@ -30,7 +30,10 @@ type NodeConfig struct {
 	// port HTTPS.
 	HTTPAddr string
 	HTTPTLS  *tls.Config
-	Store    *route.Memcached
+	// SOCKS5Addr, if not empty, is where SOCKS5 clients connect: the
+	// same front (auth, allowlist, limits, forwarding) over SOCKS5.
+	SOCKS5Addr string
+	Store      *route.Memcached
 	// Key is the cluster key: it signs the tunnels this node forwards.
 	Key []byte
 	// ForwardTLS, if not nil, is used to reach the proxies' HTTP ports;
@@ -66,6 +69,7 @@ type Node struct {
 	front   *front.Handler
 	hs      *http.Server
 	ln      net.Listener
+	socks   *front.SOCKS5 // nil without SOCKS5Addr
 	fwd     *Forwarder
 	adminLn net.Listener // nil without AdminAddr
 	serving atomic.Bool  // Run serves and has not begun to stop
@@ -83,9 +87,9 @@ func NewNode(cfg NodeConfig, log *slog.Logger) *Node {
 	return &Node{cfg: cfg, log: log, metrics: m}
 }
 
-// Listen binds the client and metrics listeners. An error is a
-// *run.ListenError naming the listener ("clients", "metrics"), and
-// nothing stays bound.
+// Listen binds the client, SOCKS5 and admin listeners. An error is a
+// *run.ListenError naming the listener ("clients", "socks5", "admin"),
+// and nothing stays bound.
 func (n *Node) Listen() (err error) {
 	if n.ln, err = net.Listen("tcp", n.cfg.HTTPAddr); err != nil {
 		return &run.ListenError{Part: "clients", Err: err}
@@ -112,6 +116,14 @@ func (n *Node) Listen() (err error) {
 	fcfg.Dialer = n.fwd
 	n.front = front.New(fcfg, n.log.With("component", "http-proxy"))
 	n.hs = front.NewServer(n.cfg.HTTPAddr, n.front, n.cfg.HTTPTLS, n.log)
+	if n.socks, err = front.ListenSOCKS5(n.cfg.SOCKS5Addr, n.front, n.log); err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil && n.socks != nil {
+			n.socks.Close()
+		}
+	}()
 	if n.cfg.AdminAddr != "" {
 		if n.adminLn, err = admin.Listen(n.cfg.AdminAddr); err != nil {
 			return &run.ListenError{Part: "admin", Err: err}
@@ -124,6 +136,14 @@ func (n *Node) Listen() (err error) {
 // HTTPAddr is the bound client listener's address; Listen must have
 // succeeded.
 func (n *Node) HTTPAddr() net.Addr { return n.ln.Addr() }
+
+// SOCKS5Addr is the bound SOCKS5 listener's address, nil without one.
+func (n *Node) SOCKS5Addr() net.Addr {
+	if n.socks == nil {
+		return nil
+	}
+	return n.socks.Addr()
+}
 
 // Run binds the listeners if Listen has not, and serves until ctx ends.
 // Then it stops accepting clients and lets requests and tunnels finish for
@@ -143,6 +163,9 @@ func (n *Node) Run(ctx context.Context) error {
 			}
 			return nil
 		},
+	}
+	if n.socks != nil {
+		parts = append(parts, n.socks.Run)
 	}
 	parts = append(parts, func(ctx context.Context) error {
 		return n.fwd.WatchMembers(ctx, func(proxy string) { n.front.EvictVia(proxy) })

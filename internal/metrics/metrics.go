@@ -22,7 +22,7 @@ type Metrics struct {
 	AgentsTransport  *prometheus.GaugeVec
 	AgentConnections *prometheus.CounterVec // outcome: authenticated, auth_failed, replaced, closed, duplicate, over_limit, rate_limited
 	TunnelsOpen      prometheus.Gauge
-	Tunnels          *prometheus.CounterVec // kind: connect, forward, agent, invalid; outcome: see wire.Outcome
+	Tunnels          *prometheus.CounterVec // kind: connect, forward, socks5, agent, invalid; outcome: see wire.Outcome
 	TunnelBytes      *prometheus.CounterVec // direction: up (client to destination), down
 	TunnelOpen       prometheus.Histogram   // seconds to open a tunnel through an agent
 	TunnelsForwarded prometheus.Counter     // tunnels opened through another node
@@ -55,7 +55,7 @@ func New() *Metrics {
 			Name: "reverse_http_tunnels_open", Help: "Tunnels open now.",
 		}),
 		Tunnels: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "reverse_http_tunnels_total", Help: "Client tunnels and requests (kind connect, forward; invalid: refused before it was parsed) and agent tunnels (kind agent) by outcome: ok, denied, offline, refused, timeout, unauthorized, bad_request, limited, error.",
+			Name: "reverse_http_tunnels_total", Help: "Client tunnels and requests (kind connect, forward, socks5; invalid: refused before it was parsed) and agent tunnels (kind agent) by outcome: ok, denied, offline, refused, timeout, unauthorized, bad_request, limited, error.",
 		}, []string{"kind", "outcome"}),
 		TunnelBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "reverse_http_tunnel_bytes_total", Help: "Bytes relayed by direction: up (client to destination), down (destination to client).",

@@ -35,6 +35,9 @@ type NodeConfig struct {
 	// port HTTPS.
 	HTTPAddr string
 	HTTPTLS  *tls.Config
+	// SOCKS5Addr, if not empty, is where SOCKS5 clients connect: the
+	// same front (auth, allowlist, limits, routing) over SOCKS5.
+	SOCKS5Addr string
 	// Cluster, if not nil, publishes routes to this proxy's agents and
 	// forwards clients of agents held elsewhere.
 	Cluster *ClusterConfig
@@ -89,6 +92,7 @@ type Node struct {
 	front   *front.Handler
 	hs      *http.Server
 	ln      net.Listener  // clients
+	socks   *front.SOCKS5 // nil without SOCKS5Addr
 	adminLn net.Listener  // nil without AdminAddr
 	routes  *Routes       // nil without a cluster
 	fwd     *lb.Forwarder // nil without a cluster
@@ -109,10 +113,9 @@ func NewNode(cfg NodeConfig, log *slog.Logger) *Node {
 	return &Node{cfg: cfg, log: log, metrics: m}
 }
 
-// Listen binds the agent, client and metrics listeners. An error is a
-// *run.ListenError naming the listener ("agents", "agents-tcp", "clients",
-// "admin"),
-// and nothing stays bound.
+// Listen binds the agent, client, SOCKS5 and admin listeners. An error is
+// a *run.ListenError naming the listener ("agents", "agents-tcp",
+// "clients", "socks5", "admin"), and nothing stays bound.
 func (n *Node) Listen() (err error) {
 	acfg := n.cfg.Agents
 	acfg.Metrics = n.metrics
@@ -174,6 +177,14 @@ func (n *Node) Listen() (err error) {
 	}
 	n.front = front.New(fcfg, n.log.With("component", "http-proxy"))
 	n.hs = front.NewServer(n.cfg.HTTPAddr, n.front, n.cfg.HTTPTLS, n.log)
+	if n.socks, err = front.ListenSOCKS5(n.cfg.SOCKS5Addr, n.front, n.log); err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil && n.socks != nil {
+			n.socks.Close()
+		}
+	}()
 	if n.cfg.AdminAddr != "" {
 		if n.adminLn, err = admin.Listen(n.cfg.AdminAddr); err != nil {
 			return &run.ListenError{Part: "admin", Err: err}
@@ -206,6 +217,14 @@ func (n *Node) Ready() error {
 // server's. Listen must have succeeded.
 func (n *Node) HTTPAddr() net.Addr  { return n.ln.Addr() }
 func (n *Node) AgentAddr() net.Addr { return n.agents.Addr() }
+
+// SOCKS5Addr is the bound SOCKS5 listener's address, nil without one.
+func (n *Node) SOCKS5Addr() net.Addr {
+	if n.socks == nil {
+		return nil
+	}
+	return n.socks.Addr()
+}
 
 // Run binds the listeners if Listen has not, and serves until ctx ends.
 // Then it stops, within ShutdownTimeout counted from the end of ctx:
@@ -264,6 +283,11 @@ func (n *Node) Run(ctx context.Context) error {
 			}
 			return nil
 		},
+	}
+	if n.socks != nil {
+		// Stops accepting at the drain's start; its tunnels drain with
+		// the HTTP front's.
+		parts = append(parts, n.socks.Run)
 	}
 	if n.routes != nil {
 		parts = append(parts, n.routes.Run, func(ctx context.Context) error {
