@@ -83,6 +83,7 @@ var phases = []phase{
 	{"throughput", throughputRun},
 	{"latency", latencyRun},
 	{"h2", h2Run},
+	{"transport", transportRun},
 	{"tunnels10k", tunnelsRun},
 	{"agents10k", agentsRun},
 }

@@ -497,6 +497,11 @@ func (b *bench) startPair(ctx context.Context) (*pair, error) {
 // startPairWith is startPair with more proxy flags, and dial opening the
 // tunnel that says they are ready.
 func (b *bench) startPairWith(ctx context.Context, dial func(ctx context.Context, httpAddr string) (*httpConn, error), proxyFlags ...string) (*pair, error) {
+	return b.startPairFlags(ctx, dial, proxyFlags, nil)
+}
+
+// startPairFlags is startPairWith with more agent flags too.
+func (b *bench) startPairFlags(ctx context.Context, dial func(ctx context.Context, httpAddr string) (*httpConn, error), proxyFlags, agentFlags []string) (*pair, error) {
 	proxy, httpAddr, agentAddr, err := b.startProxy(ctx, proxyFlags...)
 	if err != nil {
 		return nil, err
@@ -511,6 +516,7 @@ func (b *bench) startPairWith(ctx context.Context, dial func(ctx context.Context
 		"--agent-client.server-address=" + agentAddr,
 		"--agent-client.tls.file.root-ca=" + filepath.Join(b.certs, "ca.pem"),
 		"--log.level=" + b.cfg.LogLevel}, mflags...)
+	flags = append(flags, agentFlags...)
 	agent, err := b.procs.start("agent", false, strings.Fields(b.cfg.Env), b.bin, append(flags, strings.Fields(b.cfg.AgentFlags)...)...)
 	if err != nil {
 		proxy.stop(5 * time.Second)

@@ -45,14 +45,28 @@ func sigterm(p *process) <-chan struct {
 // move and connects to the other proxy; the download finishes with its
 // checksum intact; a client opening new tunnels to the agent every 50ms
 // all along sees no failure; the drained proxy exits 0 once the download
-// ended.
+// ended. Run with the agent on QUIC through nginx's UDP balancer, and on
+// TCP (the fallback transport) through its TCP balancer.
 func TestDrainMovesAgents(t *testing.T) {
 	t.Parallel()
+	for _, transport := range []string{"quic", "tcp"} {
+		t.Run(transport, func(t *testing.T) {
+			t.Parallel()
+			testDrainMovesAgents(t, transport)
+		})
+	}
+}
+
+func testDrainMovesAgents(t *testing.T, transport string) {
 	key := writeClusterKey(t)
 	c := startCluster(t, haConfig{proxies: 2, lbs: 1, nginx: true,
 		proxyFlags: []string{"--store.cluster-key=" + key, "--shutdown-timeout=60s"},
 		lbFlags:    []string{"--store.cluster-key=" + key}})
-	a := c.startAgent(t, "4711", "")
+	a := c.startAgent(t, "4711", "", "--agent-client.transport="+transport,
+		"--agent-client.tcp-server-address="+c.lb.agentTCPAddr)
+	if a.holder.count("agent connected", "agent", "4711", "transport", transport) != 1 {
+		t.Fatalf("agent not connected over %s:\n%s", transport, a.holder.log.String())
+	}
 	holder := a.holder
 	web := c.origin("4711")
 	entry := c.lb.tcpAddr
@@ -162,8 +176,8 @@ func TestDrainMovesAgents(t *testing.T) {
 		if e.err != nil {
 			t.Errorf("drained proxy: exit %v, want status 0", e.err)
 		}
-		t.Logf("drain: agent's route moved after %s; the 200 MiB download ended after %s; the proxy exited after %s",
-			moved.Round(time.Millisecond), downloaded.Round(time.Millisecond), e.took.Round(time.Millisecond))
+		t.Logf("drain (agent on %s): agent's route moved after %s; the 200 MiB download ended after %s; the proxy exited after %s",
+			transport, moved.Round(time.Millisecond), downloaded.Round(time.Millisecond), e.took.Round(time.Millisecond))
 	case <-time.After(20 * time.Second):
 		t.Fatal("the drained proxy did not exit within 20s of its last tunnel ending")
 	}

@@ -402,6 +402,9 @@ func (m *memcached) waitRoute(t testing.TB, timeout time.Duration, agentID, want
 // their HTTP ports.
 type nginxLB struct {
 	udpAddr string // agents connect here
+	// agentTCPAddr is where agents connect over TCP (the TCP variant),
+	// balanced over the proxies' agent ports on TCP.
+	agentTCPAddr string
 	tcpAddr string // clients connect here; "" without lb nodes
 	dir     string
 	proc    *process
@@ -415,6 +418,7 @@ func startNginx(t testing.TB, progs haPrograms, agentUpstreams, httpUpstreams []
 	for attempt := 0; attempt < 5; attempt++ {
 		n := &nginxLB{dir: t.TempDir()}
 		n.udpAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t, "udp")))
+		n.agentTCPAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t, "tcp")))
 		if len(httpUpstreams) > 0 {
 			n.tcpAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t, "tcp")))
 		}
@@ -504,6 +508,14 @@ func nginxConfig(n *nginxLB, streamModule string, agentUpstreams, httpUpstreams 
 	}
 	fmt.Fprintf(&b, "  }\n")
 	fmt.Fprintf(&b, "  server {\n    listen %s udp;\n    proxy_pass proxies_quic;\n    proxy_timeout 10s;\n  }\n", n.udpAddr)
+	// As deploy/ha/nginx.conf: agents over TCP (the fallback where UDP is
+	// blocked) to the proxies' agent ports on TCP.
+	fmt.Fprintf(&b, "  upstream proxies_tcp {\n    least_conn;\n")
+	for _, a := range agentUpstreams {
+		fmt.Fprintf(&b, "    server %s max_fails=1 fail_timeout=10s;\n", a)
+	}
+	fmt.Fprintf(&b, "  }\n")
+	fmt.Fprintf(&b, "  server {\n    listen %s;\n    proxy_pass proxies_tcp;\n    proxy_connect_timeout 2s;\n    proxy_timeout 1h;\n  }\n", n.agentTCPAddr)
 	if len(httpUpstreams) > 0 {
 		fmt.Fprintf(&b, "  upstream lb_http {\n    least_conn;\n")
 		for _, a := range httpUpstreams {

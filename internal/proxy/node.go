@@ -127,6 +127,9 @@ func (n *Node) Listen() (err error) {
 			n.routes.Notify(id, up)
 		}
 	}
+	// Idle keep-alive connections through a retired agent connection
+	// would keep it open; new requests open new ones through the new.
+	acfg.OnRetire = func(id string) { n.front.Forget(id) }
 	n.agents = New(acfg, n.log.With("component", "agent-server"))
 	if err := n.agents.Listen(); err != nil {
 		var tcp *TCPListenError

@@ -56,6 +56,11 @@ type Config struct {
 	// OnAgent, if set, is called after an agent connected (up) and after
 	// its connection ended (!up). It must not block.
 	OnAgent func(agentID string, up bool)
+	// OnRetire, if set, is called when a connection of agentID is retired
+	// (replaced by a newer one, or dropped for another proxy's route): it
+	// closes once its open tunnels end, so idle keep-alive connections
+	// through it should be closed. It must not block.
+	OnRetire func(agentID string)
 	// Metrics, if not nil, records agent sessions.
 	Metrics *metrics.Metrics
 	// AgentIDFromCert, if set, binds agent IDs to client certificates (TLS
@@ -151,6 +156,9 @@ type retirement struct {
 // s.agents already, so that no new tunnel uses it.
 func (s *Server) retire(a *session, code quic.ApplicationErrorCode, reason string) {
 	a.retired.CompareAndSwap(nil, &retirement{code, reason})
+	if s.cfg.OnRetire != nil {
+		s.cfg.OnRetire(a.id)
+	}
 	if a.tunnels.Load() == 0 {
 		a.conn.CloseWithError(code, reason)
 		return

@@ -4,6 +4,8 @@
 // # Connection
 //
 // The agent is the QUIC client. TLS 1.3 with ALPN [ALPN] ("reverse-http-proto").
+// Where UDP is blocked the same bytes travel over TLS on TCP, in yamux
+// streams (package transport, ALPN "reverse-http-tcp").
 //
 // # Authentication
 //
