@@ -25,7 +25,9 @@ func transportRun(ctx context.Context, b *bench, r *runRecorder) error {
 	}
 	defer t.stop()
 	dial := func(p *pair) func(context.Context) (*httpConn, error) {
-		return func(ctx context.Context) (*httpConn, error) { return dialTunnel(ctx, p.httpAddr, agentID, b.origin.http) }
+		return func(ctx context.Context) (*httpConn, error) {
+			return dialTunnel(ctx, p.httpAddr, agentID, b.origin.http)
+		}
 	}
 	lat, err := newConnLatency(ctx, b.cfg.LatencyN, dial(t), dial(q))
 	if err != nil {

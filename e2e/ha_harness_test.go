@@ -405,9 +405,9 @@ type nginxLB struct {
 	// agentTCPAddr is where agents connect over TCP (the TCP variant),
 	// balanced over the proxies' agent ports on TCP.
 	agentTCPAddr string
-	tcpAddr string // clients connect here; "" without lb nodes
-	dir     string
-	proc    *process
+	tcpAddr      string // clients connect here; "" without lb nodes
+	dir          string
+	proc         *process
 }
 
 // startNginx starts nginx with a UDP upstream of agentUpstreams and a TCP
