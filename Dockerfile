@@ -28,8 +28,9 @@ RUN CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH go build -trimpath \
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/reverse-http /usr/local/bin/reverse-http
 USER 65532:65532
-# proxy: 3128/tcp clients, 4242/udp agents (QUIC); lb: 3129/tcp clients;
+# proxy: 3128/tcp clients, 4242/udp agents (QUIC), 4242/tcp agents (TLS on
+# TCP, where UDP is blocked); lb: 3129/tcp clients;
 # 9090/tcp is the usual --metrics.listen-address (off unless given).
-EXPOSE 3128/tcp 4242/udp 3129/tcp 9090/tcp
+EXPOSE 3128/tcp 4242/udp 4242/tcp 3129/tcp 9090/tcp
 ENTRYPOINT ["/usr/local/bin/reverse-http"]
 CMD ["--help"]

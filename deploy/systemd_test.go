@@ -212,9 +212,23 @@ func TestSystemdConfigRuns(t *testing.T) {
 		}
 		return ln.Addr().String(), func() { ln.Close() }
 	}
-	udp, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	// The proxy listens for agents on this port over UDP (QUIC) and TCP
+	// (the TCP fallback): take one free on both.
+	var udp net.PacketConn
+	var udpTCP net.Listener
+	for i := 0; ; i++ {
+		c, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if udpTCP, err = net.Listen("tcp", c.LocalAddr().String()); err == nil {
+			udp = c
+			break
+		}
+		c.Close()
+		if i == 20 {
+			t.Fatalf("no port free on both UDP and TCP: %v", err)
+		}
 	}
 	agentAddr := udp.LocalAddr().String()
 	httpAddr, closeHTTP := tcp()
@@ -272,7 +286,7 @@ func TestSystemdConfigRuns(t *testing.T) {
 		})
 		return cmd
 	}
-	start("proxy", func() { udp.Close() }, closeHTTP, closePM)
+	start("proxy", func() { udp.Close(); udpTCP.Close() }, closeHTTP, closePM)
 	get := func(addr, path string) (int, string) {
 		resp, err := http.Get("http://" + addr + path)
 		if err != nil {
