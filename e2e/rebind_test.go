@@ -193,6 +193,9 @@ func testRebind(t *testing.T, ips []netip.Addr) {
 		}
 	}
 	after := adminAgent(t, pa, id)
+	if ups := relay.upstreams(); after.RemoteAddr != ups[len(ups)-1].addr.String() {
+		t.Errorf("/agents remote_addr %s after the switches, want the relay's current upstream %s", after.RemoteAddr, ups[len(ups)-1].addr)
+	}
 	if !after.ConnectedAt.Equal(before.ConnectedAt) {
 		t.Errorf("/agents connected_at %s, was %s: the agent reconnected", after.ConnectedAt, before.ConnectedAt)
 	}
