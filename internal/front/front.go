@@ -439,20 +439,7 @@ func (h *Handler) connect(w http.ResponseWriter, r *http.Request, agentID, targe
 	// grew deep in net/http and the dial, ends. Nothing of the request is
 	// kept: an open tunnel costs its two connections and two small stacks.
 	var rt atomic.Pointer[relay.Tunnel]
-	o := &open{
-		info: Tunnel{Agent: agentID, Client: r.RemoteAddr, Destination: target, Method: http.MethodConnect, Since: start},
-		bytes: func() (int64, int64) {
-			if t := rt.Load(); t != nil {
-				return t.Bytes()
-			}
-			return 0, 0
-		},
-		abort: func() {
-			if t := rt.Load(); t != nil {
-				t.Abort(errShutdown)
-			}
-		},
-	}
+	o := relayOpen(Tunnel{Agent: agentID, Client: r.RemoteAddr, Destination: target, Method: http.MethodConnect, Since: start}, &rt)
 	h.open.add(o)
 	h.open.running.Add(1)
 	clientAddr, proto := r.RemoteAddr, r.Proto

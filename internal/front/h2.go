@@ -124,20 +124,7 @@ func (h *Handler) connectH2(w http.ResponseWriter, r *http.Request, agentID, tar
 		rt   atomic.Pointer[relay.Tunnel]
 		done = make(chan relay.Result, 1)
 	)
-	o := &open{
-		info: Tunnel{Agent: agentID, Client: r.RemoteAddr, Destination: target, Method: http.MethodConnect, Since: start},
-		bytes: func() (int64, int64) {
-			if t := rt.Load(); t != nil {
-				return t.Bytes()
-			}
-			return 0, 0
-		},
-		abort: func() {
-			if t := rt.Load(); t != nil {
-				t.Abort(errShutdown)
-			}
-		},
-	}
+	o := relayOpen(Tunnel{Agent: agentID, Client: r.RemoteAddr, Destination: target, Method: http.MethodConnect, Since: start}, &rt)
 	h.open.add(o)
 	rt.Store(relay.StartIdle(s, tunnel, h.idle, func(res relay.Result) { done <- res }))
 	// The handler's goroutine waits: the ResponseWriter must not outlive

@@ -259,20 +259,7 @@ func (s *SOCKS5) handshake(c net.Conn) bool {
 		return false
 	}
 	var rt atomic.Pointer[relay.Tunnel]
-	o := &open{
-		info: Tunnel{Agent: user, Client: r.client, Destination: r.target, Method: SOCKS5Method, Since: r.start},
-		bytes: func() (int64, int64) {
-			if t := rt.Load(); t != nil {
-				return t.Bytes()
-			}
-			return 0, 0
-		},
-		abort: func() {
-			if t := rt.Load(); t != nil {
-				t.Abort(errShutdown)
-			}
-		},
-	}
+	o := relayOpen(Tunnel{Agent: user, Client: r.client, Destination: r.target, Method: SOCKS5Method, Since: r.start}, &rt)
 	s.h.open.add(o)
 	s.h.open.running.Add(1)
 	rt.Store(relay.StartIdle(relay.NewTCP(c, br), relay.AsConn(tunnel), s.h.idle, func(res relay.Result) {

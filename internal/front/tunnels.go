@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/reverse-http/reverse-http/internal/relay"
 )
 
 // Tunnel is one open client tunnel (a CONNECT) or an absolute-form request
@@ -28,6 +30,26 @@ type open struct {
 	info  Tunnel
 	bytes func() (up, down int64)
 	abort func()
+}
+
+// relayOpen is the open entry of a tunnel whose relay rt holds once it
+// started: its byte counts, and an abort that ends it at the shutdown
+// deadline.
+func relayOpen(info Tunnel, rt *atomic.Pointer[relay.Tunnel]) *open {
+	return &open{
+		info: info,
+		bytes: func() (int64, int64) {
+			if t := rt.Load(); t != nil {
+				return t.Bytes()
+			}
+			return 0, 0
+		},
+		abort: func() {
+			if t := rt.Load(); t != nil {
+				t.Abort(errShutdown)
+			}
+		},
+	}
 }
 
 // openSet is the client front's set of open tunnels and requests, and a
