@@ -376,12 +376,24 @@ func (r *peakRSS) end() map[int]int64 {
 // it in between; startProxy retries.
 func freePort(network string) (int, error) {
 	if network == "udp" {
-		c, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			return 0, err
+		// Free on TCP too: a proxy's agent port is both (QUIC, and the
+		// TCP fallback on the same number).
+		for i := 0; ; i++ {
+			c, err := net.ListenPacket("udp", "127.0.0.1:0")
+			if err != nil {
+				return 0, err
+			}
+			port := c.LocalAddr().(*net.UDPAddr).Port
+			l, err := net.Listen("tcp", c.LocalAddr().String())
+			c.Close()
+			if err == nil {
+				l.Close()
+				return port, nil
+			}
+			if i == 50 {
+				return 0, fmt.Errorf("no port free on both UDP and TCP: %w", err)
+			}
 		}
-		defer c.Close()
-		return c.LocalAddr().(*net.UDPAddr).Port, nil
 	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

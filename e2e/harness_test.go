@@ -350,12 +350,24 @@ func freePort(t testing.TB, network string) int {
 	t.Helper()
 	switch network {
 	case "udp":
-		c, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
+		// Free on TCP too: a proxy's agent port is both (QUIC, and the
+		// TCP fallback on the same number).
+		for i := 0; ; i++ {
+			c, err := net.ListenPacket("udp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			port := c.LocalAddr().(*net.UDPAddr).Port
+			l, err := net.Listen("tcp", c.LocalAddr().String())
+			c.Close()
+			if err == nil {
+				l.Close()
+				return port
+			}
+			if i == 50 {
+				t.Fatalf("no port free on both UDP and TCP: %v", err)
+			}
 		}
-		defer c.Close()
-		return c.LocalAddr().(*net.UDPAddr).Port
 	default:
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {

@@ -92,7 +92,7 @@ done
 
 cat <<MSG
 
-  reverse-http is running: proxy on localhost:$http_port (clients) and UDP localhost:$agent_port (agents), agent 4711.
+  reverse-http is running: proxy on localhost:$http_port (clients) and localhost:$agent_port (agents: QUIC on UDP, TLS on TCP), agent 4711.
   Try it (this one goes through agent 4711 to the proxy's own metrics endpoint, no internet needed):
 
     curl -x http://4711:noauth@localhost:$http_port http://localhost:$metrics_port/metrics

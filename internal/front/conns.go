@@ -326,6 +326,9 @@ func (l *watchListener) Close() error {
 	if l.tlsConf == nil {
 		return err
 	}
+	// After Accept's first call has added the accept loop to wg, or
+	// instead of it: wg.Add must not run concurrently with wg.Wait below.
+	l.start.Do(func() {})
 	l.stop.Do(func() {
 		close(l.closed)
 		l.mu.Lock()

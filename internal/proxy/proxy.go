@@ -800,6 +800,19 @@ func (s *Server) Drop(sess Session, code quic.ApplicationErrorCode, reason strin
 	return true
 }
 
+// Answering reports whether sess, still agent sess.ID's connection,
+// receives a packet within the duplicate probe (agents send keep-alives
+// every 2s). A connection that is gone is not answering.
+func (s *Server) Answering(ctx context.Context, sess Session) bool {
+	s.mu.RLock()
+	a := s.agents[sess.ID]
+	s.mu.RUnlock()
+	if a == nil || !a.since.Equal(sess.Since) {
+		return false
+	}
+	return answering(ctx, a.conn, s.cfg.DuplicateProbe)
+}
+
 // Agents returns the number of connected agents.
 func (s *Server) Agents() int {
 	s.mu.RLock()

@@ -181,6 +181,43 @@ func (r *Routes) publish(ctx context.Context) {
 	r.failed(err != nil, err)
 }
 
+// silentOnTies returns the agents of conflicts whose route elsewhere has
+// the same second as ours (so the address decides, not recency) and whose
+// connection here received nothing within the duplicate probe: the agent
+// moved on (a NAT rebinding that a load balancer sent to another proxy,
+// which reset it) and this connection is dead, though not timed out yet.
+// The address rule would otherwise keep the dead connection and close the
+// new one. Probes run at once, bounded.
+func (r *Routes) silentOnTies(ctx context.Context, conflicts []route.Conflict) map[string]bool {
+	var (
+		mu   sync.Mutex
+		dead map[string]bool
+		wg   sync.WaitGroup
+		sem  = make(chan struct{}, 256)
+	)
+	for _, cf := range conflicts {
+		since := r.claimed[cf.ID]
+		if !cf.Member || cf.Route.Since.Unix() != since.Unix() {
+			continue
+		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if r.srv.Answering(ctx, Session{ID: cf.ID, Since: since}) {
+				return
+			}
+			mu.Lock()
+			if dead == nil {
+				dead = map[string]bool{}
+			}
+			dead[cf.ID] = true
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return dead
+}
+
 // maxLogged bounds the agents named in one log line about many of them.
 const maxLogged = 10
 
@@ -218,9 +255,19 @@ func (r *Routes) renew(ctx context.Context) {
 	}
 	var reclaim []route.Claim
 	var ignored []string
+	dead := r.silentOnTies(ctx, conflicts)
 	for _, cf := range conflicts {
 		since := r.claimed[cf.ID]
 		ours := route.Route{Addr: r.cfg.Addr, Since: since}
+		if cf.Member && dead[cf.ID] {
+			r.log.Warn("agent reconnected to another proxy in the same second, and its connection here is silent: closing it",
+				"agent", cf.ID, "route", cf.Route.Addr)
+			if r.srv.Drop(Session{ID: cf.ID, Since: since}, wire.CodeReplaced,
+				"agent "+cf.ID+" is connected to another proxy ("+cf.Route.Addr+")") {
+				delete(r.claimed, cf.ID)
+			}
+			continue
+		}
 		if cf.Member && cf.Route.Wins(ours) {
 			r.log.Warn("agent reconnected to another proxy: closing the stale connection here",
 				"agent", cf.ID, "route", cf.Route.Addr)
