@@ -75,7 +75,7 @@ type JWKS struct {
 	attempt  time.Time          // when the last fetch started; zero: none yet
 	fetching bool               // a fetch is under way
 	done     chan struct{}      // closed when the fetch under way, or the next, ends
-	running  bool               // Run runs
+	stopped  bool               // Run has returned: no fetch will come
 	failures int                // fetches failed in a row
 }
 
@@ -150,18 +150,18 @@ func (s *JWKS) URL() string { return s.url }
 
 // Key returns the key named kid (see KeySource). For a kid not in the set
 // it asks Run for a fetch; when that fetch may start at once (none in the
-// last MinInterval) or one is under way, Key waits for it, at most
-// Timeout and a second, and looks again. Otherwise, or while Run is not
-// running, it answers at once.
+// last MinInterval; before Run's first) or one is under way, Key waits
+// for it, at most Timeout and a second, and looks again. Otherwise, or
+// once Run has returned, it answers at once.
 func (s *JWKS) Key(kid string) (crypto.PublicKey, []string, error) {
 	s.mu.Lock()
 	if k, ok := s.keys[kid]; ok {
 		s.mu.Unlock()
 		return k.key, k.algs, nil
 	}
-	wait := s.running && (s.fetching || s.attempt.IsZero() || time.Since(s.attempt) >= s.cfg.MinInterval)
+	wait := !s.stopped && (s.fetching || s.attempt.IsZero() || time.Since(s.attempt) >= s.cfg.MinInterval)
 	done := s.done
-	if s.running {
+	if !s.stopped {
 		select {
 		case s.wake <- struct{}{}:
 		default: // already asked
@@ -188,19 +188,12 @@ func (s *JWKS) Key(kid string) (crypto.PublicKey, []string, error) {
 }
 
 // Run fetches the key set at once, then keeps it fresh until ctx ends
-// (see JWKS). It returns nil when ctx ends, and only then. Run must not be
-// called twice at the same time.
+// (see JWKS). It returns nil when ctx ends, and only then. It is called
+// once.
 func (s *JWKS) Run(ctx context.Context) error {
-	s.mu.Lock()
-	if s.running {
-		s.mu.Unlock()
-		return errors.New("JWKS: Run is already running")
-	}
-	s.running = true
-	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
-		s.running = false
+		s.stopped = true
 		close(s.done) // nobody waits for a fetch that will not come
 		s.done = make(chan struct{})
 		s.mu.Unlock()
@@ -259,19 +252,23 @@ func (s *JWKS) refresh(ctx context.Context) bool {
 
 	s.mu.Lock()
 	old, failures := s.keys, s.failures
+	stopping := err != nil && ctx.Err() != nil // not the provider's fault
 	if err == nil {
 		s.keys, s.fetched, s.failures = keys, start, 0
-	} else if ctx.Err() == nil {
+	} else if !stopping {
 		s.failures++
 	}
 	s.fetching = false
 	close(done)
 	s.done = make(chan struct{})
+	select {
+	case <-s.wake: // asked for by a Key that waited for this fetch
+	default:
+	}
 	s.mu.Unlock()
 
 	switch {
-	case err != nil && ctx.Err() != nil:
-		// Stopping; not the provider's fault.
+	case stopping:
 	case err != nil && failures == 0 && old == nil:
 		s.log.Warn("JWKS fetch failed, no keys yet: tokens of the identity provider are refused until it answers",
 			"url", s.url, "error", err.Error(), "retry_in", s.cfg.MinInterval.String())
