@@ -343,7 +343,7 @@ func TestVerifierWithKeySource(t *testing.T) {
 
 		{"local token without a local key", only, local, RoleClient, "token has no kid", nil},
 		{"unknown kid", only, signKID(t, "ES256", "nope", client, k.ec2), RoleClient, `unknown key ID "nope"`, ErrUnknownKey},
-		{"unknown kid, not the local key either", both, signKID(t, "ES256", "nope", client, k.ec2), RoleClient, "verification error", jwt.ErrTokenSignatureInvalid},
+		{"unknown kid, not the local key either", both, signKID(t, "ES256", "nope", client, k.ec2), RoleClient, `unknown key ID "nope", and the public key does not verify it either (token signature is invalid`, jwt.ErrTokenSignatureInvalid},
 		{"kid of another key", only, signKID(t, "ES256", "ec", client, k.ec), RoleClient, "verification error", jwt.ErrTokenSignatureInvalid},
 		{"kid names the local key's tokens", both, signKID(t, "ES256", "ec", client, k.ec), RoleClient, "verification error", jwt.ErrTokenSignatureInvalid},
 		{"no iss", only, signKID(t, "ES256", "ec", noIss, k.ec2), RoleClient, `token issuer "", want "` + iss + `"`, jwt.ErrTokenInvalidIssuer},

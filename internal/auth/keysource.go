@@ -64,8 +64,8 @@ func (v *Verifier) parse(token string, c *Claims) error {
 	if err != nil {
 		return err
 	}
-	kid, hasKID := t.Header["kid"].(string)
-	if hasKID {
+	var unknown error // the source's error for a kid it does not hold
+	if kid, ok := t.Header["kid"].(string); ok {
 		key, algs, err := v.keys.src.Key(kid)
 		if err == nil {
 			return v.keys.verify(v, token, c, key, algs)
@@ -73,10 +73,14 @@ func (v *Verifier) parse(token string, c *Claims) error {
 		if v.key == nil || !errors.Is(err, ErrUnknownKey) {
 			return err
 		}
+		unknown = err
 	} else if v.key == nil {
 		return errors.New("token has no kid: without --auth.jwt.public-key only the identity provider's keys verify tokens, and they are picked by kid")
 	}
 	_, err = v.parser.ParseWithClaims(token, c, v.keyFunc)
+	if unknown != nil && errors.Is(err, jwt.ErrTokenSignatureInvalid) {
+		return fmt.Errorf("%w, and the public key does not verify it either (%w)", unknown, err)
+	}
 	return err
 }
 
