@@ -72,13 +72,14 @@ func TestJWKSFlagErrors(t *testing.T) {
 // TestJWKSStart: a proxy with a JWKS and no local key file starts, says
 // which keys verify tokens, fetches the keys, and stops cleanly (the
 // fetching goroutine ends with Run). The URL may come from the
-// environment.
+// environment, the issuer from a config file.
 func TestJWKSStart(t *testing.T) {
 	isolate(t)
 	srv := jwksServer(t)
 	missing := filepath.Join(t.TempDir(), "no-such-key.pem")
 	t.Setenv("REVERSE_HTTP_AUTH_JWT_JWKS_URL", srv.URL+"/jwks")
-	r := start(t, proxyArgs("--auth.type=jwt", "--auth.jwt.issuer=https://idp.test", "--auth.jwt.public-key="+missing)...)
+	cfg := writeFile(t, t.TempDir(), "config.yaml", "proxy:\n  auth.jwt.issuer: https://idp.test\n")
+	r := start(t, proxyArgs("--config", cfg, "--auth.type=jwt", "--auth.jwt.public-key="+missing)...)
 	line := r.waitFor("verifying tokens with the identity provider's keys")
 	for key, want := range map[string]string{"jwks_url": srv.URL + "/jwks", "issuer": "https://idp.test", "public_key": "none", "refresh": "5m0s"} {
 		if got := logAttr(t, line, key); got != want {
