@@ -98,6 +98,7 @@ type Verifier struct {
 	keyErr   error // why key is unusable, if it is
 	audience string
 	parser   *jwt.Parser
+	keys     *keySource // nil: key alone; see WithKeySource (keysource.go)
 }
 
 // NewVerifier returns a Verifier for tokens signed by the private half of pub,
@@ -141,7 +142,7 @@ func (v *Verifier) Verify(token, role string) (*Claims, error) {
 		return nil, deny("token longer than %d bytes", maxTokenLen)
 	}
 	var c Claims
-	if _, err := v.parser.ParseWithClaims(token, &c, v.keyFunc); err != nil {
+	if err := v.parse(token, &c); err != nil {
 		return nil, v.tokenError(err)
 	}
 	if c.Role != role {

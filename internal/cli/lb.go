@@ -111,5 +111,5 @@ func (c *LBCmd) Run(e *Env) error {
 	}
 	logListening(e, n.HTTPAddr(), cs.serverTLS.Config(), c.Auth.Type, cs.allow)
 	logSOCKS5(e, n.SOCKS5Addr(), c.Auth.Type, cs.allow)
-	return runError(n.Run(e.Ctx))
+	return runError(cs.run(e.Ctx, n.Run))
 }

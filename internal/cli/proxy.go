@@ -124,6 +124,10 @@ type AuthVerifier struct {
 	JWT  struct {
 		PublicKey string `placeholder:"FILE" default:"auth-key-public.pem" help:"Public key (PEM) that verifies tokens."`
 		Audience  string `help:"Required token audience (aud), when set."`
+		// See jwks.go.
+		JWKSURL     string        `name:"jwks-url" placeholder:"URL" help:"Also verify tokens with the keys of an identity provider's JWKS at this URL (https, or http to loopback), picked by the token's kid; needs --auth.jwt.issuer. --auth.jwt.public-key then applies only if its file exists."`
+		Issuer      string        `placeholder:"ISS" help:"Required iss of the tokens verified with --auth.jwt.jwks-url keys (the provider's issuer URL)."`
+		JWKSRefresh time.Duration `name:"jwks-refresh" default:"5m" help:"Advanced: fetch the --auth.jwt.jwks-url keys again at this interval (at least 10s); a token naming an unknown kid fetches them sooner, at most once per 10s."`
 	} `embed:"" prefix:"jwt."`
 }
 
@@ -194,9 +198,12 @@ func (c MemcachedConfig) store(key []byte, e *Env) (*route.Memcached, error) {
 
 // authenticator reads the public key, with --auth.type=jwt, and returns
 // the authenticator and the key file's contents.
-func (a AuthVerifier) authenticator() (auth.Authenticator, []byte, error) {
+func (a AuthVerifier) authenticator(keys *auth.JWKS) (auth.Authenticator, []byte, error) {
 	switch a.Type {
 	case "jwt":
+		if keys != nil {
+			return a.jwksAuthenticator(keys)
+		}
 		pem, err := os.ReadFile(a.JWT.PublicKey)
 		if err != nil {
 			return nil, nil, fmt.Errorf("--auth.jwt.public-key: %w", err)
@@ -344,7 +351,7 @@ func (c *ProxyCmd) Run(e *Env) error {
 	}
 	logListening(e, n.HTTPAddr(), proxyTLS, c.Auth.Type, allowList)
 	logSOCKS5(e, n.SOCKS5Addr(), c.Auth.Type, allowList)
-	return runError(n.Run(e.Ctx))
+	return runError(cs.run(e.Ctx, n.Run))
 }
 
 // adminFlag is the flag the admin address came from, for errors.
@@ -408,15 +415,20 @@ func (c *ProxyCmd) resetKey() (*quic.StatelessResetKey, error) {
 // they may go, the TLS of the client port, and the TLS used to forward.
 type clientSide struct {
 	auth                    auth.Authenticator
-	publicKey               []byte // of auth, with --auth.type=jwt
+	publicKey               []byte     // of auth, with --auth.type=jwt
+	jwks                    *auth.JWKS // of auth, with --auth.jwt.jwks-url; run by run
 	allow                   *allow.List
 	serverTLS, connectorTLS *tlsconf.Reloadable // nil when not enabled
 }
 
 func newClientSide(e *Env, a AuthVerifier, whitelist []string, serverTLS HTTPProxyTLS, connectorTLS ConnectorTLS) (cs clientSide, err error) {
-	if cs.auth, cs.publicKey, err = a.authenticator(); err != nil {
+	if cs.jwks, err = a.jwks(e); err != nil {
 		return cs, err
 	}
+	if cs.auth, cs.publicKey, err = a.authenticator(cs.jwks); err != nil {
+		return cs, err
+	}
+	cs.logJWKS(e, a)
 	if cs.allow, err = parseAllow("http-proxy.host-whitelist", whitelist); err != nil {
 		return cs, err
 	}

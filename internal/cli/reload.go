@@ -131,8 +131,9 @@ func clientSideReload(e *Env, tls []reloadTLS, cs clientSide, running AuthVerifi
 			return nil, err
 		}
 		a.Type = running.Type // restart to apply
+		a = a.keepJWKS(running)
 		var key []byte
-		if u.Auth, key, err = a.authenticator(); err != nil {
+		if u.Auth, key, err = a.authenticator(cs.jwks); err != nil {
 			return nil, err
 		}
 		if !slices.Equal(list, whitelist) {
