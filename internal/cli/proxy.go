@@ -2,10 +2,12 @@ package cli
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"strings"
@@ -122,9 +124,125 @@ type ProxyCmd struct {
 type AuthVerifier struct {
 	Type string `enum:"noauth,jwt" default:"noauth" help:"How agents and clients authenticate. One of: [noauth, jwt]."`
 	JWT  struct {
-		PublicKey string `placeholder:"FILE" default:"auth-key-public.pem" help:"Public key (PEM) that verifies tokens."`
-		Audience  string `help:"Required token audience (aud), when set."`
+		PublicKey   string `placeholder:"FILE" default:"auth-key-public.pem" help:"Public key (PEM) that verifies tokens."`
+		Audience    string `help:"Required token audience (aud), when set."`
+		Revoked     string `placeholder:"FILE" help:"Revocation list: one token jti per line; tokens it names are refused and their open tunnels closed. Re-read when it changes and on SIGHUP."`
+		AgentsClaim string `name:"agents-claim" default:"agent_id" placeholder:"NAME" help:"Claim of a client token that names the agents it may use: an agent ID pattern or a list of them ('*' allowed), e.g. a provider's groups claim."`
 	} `embed:"" prefix:"jwt."`
+	Clients struct {
+		File string `placeholder:"FILE" help:"Clients file (YAML; see 'auth client add'): clients authenticate with password NAME:SECRET (or a client JWT with --auth.type=jwt, or a client certificate whose CN is NAME); noauth then applies to agents only. Re-read when it changes and on SIGHUP."`
+	} `embed:"" prefix:"clients."`
+}
+
+// checkFlags checks the --auth.* settings that need no file.
+func (a AuthVerifier) checkFlags() error {
+	if a.JWT.Revoked != "" && a.Type != "jwt" {
+		return errors.New("--auth.jwt.revoked needs --auth.type=jwt")
+	}
+	if c := a.JWT.AgentsClaim; c == "" || len(c) > 64 {
+		return fmt.Errorf("--auth.jwt.agents-claim: want a claim name of 1-64 bytes, got %q", c)
+	}
+	return nil
+}
+
+// authFiles are the auth files a node re-reads when they change: the
+// clients file and the JWT revocation list, each nil when not given.
+// They are opened once; their paths need a restart to change.
+type authFiles struct {
+	clients *auth.ClientsFile
+	revoked *auth.RevokedFile
+}
+
+func (a AuthVerifier) openFiles() (f authFiles, err error) {
+	if p := a.Clients.File; p != "" {
+		if f.clients, err = auth.OpenClientsFile(p); err != nil {
+			return f, fmt.Errorf("--auth.clients.file: %w", err)
+		}
+	}
+	if p := a.JWT.Revoked; p != "" {
+		if f.revoked, err = auth.OpenRevokedFile(p); err != nil {
+			return f, fmt.Errorf("--auth.jwt.revoked: %w", err)
+		}
+	}
+	return f, nil
+}
+
+// check reads the files again: changed names the flags whose file
+// changed, and apply puts them in force. An error names the flag and
+// the file; nothing of it applies.
+func (f authFiles) check() (changed []string, apply func(), err error) {
+	var applies []func()
+	if f.clients != nil {
+		a, err := f.clients.Check()
+		if err != nil {
+			return nil, nil, fmt.Errorf("--auth.clients.file: %w", err)
+		}
+		if a != nil {
+			changed, applies = append(changed, "--auth.clients.file"), append(applies, a)
+		}
+	}
+	if f.revoked != nil {
+		a, err := f.revoked.Check()
+		if err != nil {
+			return nil, nil, fmt.Errorf("--auth.jwt.revoked: %w", err)
+		}
+		if a != nil {
+			changed, applies = append(changed, "--auth.jwt.revoked"), append(applies, a)
+		}
+	}
+	return changed, func() {
+		for _, a := range applies {
+			a()
+		}
+	}, nil
+}
+
+// authFilePoll is how often the auth files are read for changes: a
+// revoked client's tunnels close within it (and a little).
+const authFilePoll = 250 * time.Millisecond
+
+// watch re-reads the auth files every authFilePoll until ctx ends; when
+// one changed and parses, it applies it, logs it and calls changed. A
+// file that does not parse is logged once (until it changes again) and
+// the one in force stays. Nil without files.
+func (f authFiles) watch(log *slog.Logger) func(ctx context.Context, changed func()) error {
+	if f.clients == nil && f.revoked == nil {
+		return nil
+	}
+	return func(ctx context.Context, changed func()) error {
+		t := time.NewTicker(authFilePoll)
+		defer t.Stop()
+		lastErr := ""
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-t.C:
+			}
+			names, apply, err := f.check()
+			if err != nil {
+				if err.Error() != lastErr {
+					log.Error("auth file refused, keeping the one in force", "error", err.Error())
+					lastErr = err.Error()
+				}
+				continue
+			}
+			lastErr = ""
+			if len(names) == 0 {
+				continue
+			}
+			apply()
+			log.Info("auth file reloaded", "changed", strings.Join(names, ","), "clients", f.clientCount())
+			changed()
+		}
+	}
+}
+
+func (f authFiles) clientCount() int {
+	if f.clients == nil {
+		return 0
+	}
+	return f.clients.Set().Len()
 }
 
 // MetricsConfig is --metrics.*, kept from the reference.
@@ -193,11 +311,15 @@ func (c MemcachedConfig) store(key []byte, e *Env) (*route.Memcached, error) {
 }
 
 // authenticator reads the public key, with --auth.type=jwt, and returns
-// the authenticator and the key file's contents.
-func (a AuthVerifier) authenticator() (auth.Authenticator, []byte, error) {
-	switch a.Type {
-	case "jwt":
-		pem, err := os.ReadFile(a.JWT.PublicKey)
+// the authenticator, over files, and the key file's contents.
+func (a AuthVerifier) authenticator(files authFiles) (auth.Authenticator, []byte, error) {
+	var (
+		base auth.Authenticator = auth.NoAuth()
+		pem  []byte
+	)
+	if a.Type == "jwt" {
+		var err error
+		pem, err = os.ReadFile(a.JWT.PublicKey)
 		if err != nil {
 			return nil, nil, fmt.Errorf("--auth.jwt.public-key: %w", err)
 		}
@@ -205,10 +327,17 @@ func (a AuthVerifier) authenticator() (auth.Authenticator, []byte, error) {
 		if err != nil {
 			return nil, nil, fmt.Errorf("--auth.jwt.public-key %q: %w", a.JWT.PublicKey, err)
 		}
-		return auth.JWT(auth.NewVerifier(pub, a.JWT.Audience)), pem, nil
-	default:
-		return auth.NoAuth(), nil, nil
+		base = auth.JWT(auth.NewVerifierWith(auth.VerifierConfig{
+			Keys:        []auth.KeySource{auth.NewStaticKey(pub)},
+			Audience:    a.JWT.Audience,
+			AgentsClaim: a.JWT.AgentsClaim,
+			Revoked:     files.revoked,
+		}))
 	}
+	if files.clients != nil {
+		return auth.WithClients(base, files.clients), pem, nil
+	}
+	return base, pem, nil
 }
 
 func parseAllow(flag string, patterns []string) (*allow.List, error) {
@@ -300,6 +429,7 @@ func (c *ProxyCmd) Run(e *Env) error {
 		Pprof:           c.Admin.Pprof,
 		Metrics:         metrics.New(),
 		ShutdownTimeout: c.ShutdownTimeout,
+		WatchAuth:       cs.files.watch(e.Log.With("component", "auth")),
 		Reload: clientSideReload(e,
 			[]reloadTLS{{"agent-server", agentFiles}, {"http-proxy", cs.serverTLS}, {"http-connector", cs.connectorTLS}},
 			cs, c.Auth, c.HTTPProxy.HostWhitelist,
@@ -408,14 +538,25 @@ func (c *ProxyCmd) resetKey() (*quic.StatelessResetKey, error) {
 // they may go, the TLS of the client port, and the TLS used to forward.
 type clientSide struct {
 	auth                    auth.Authenticator
+	files                   authFiles
 	publicKey               []byte // of auth, with --auth.type=jwt
 	allow                   *allow.List
 	serverTLS, connectorTLS *tlsconf.Reloadable // nil when not enabled
 }
 
 func newClientSide(e *Env, a AuthVerifier, whitelist []string, serverTLS HTTPProxyTLS, connectorTLS ConnectorTLS) (cs clientSide, err error) {
-	if cs.auth, cs.publicKey, err = a.authenticator(); err != nil {
+	if err := a.checkFlags(); err != nil {
 		return cs, err
+	}
+	if cs.files, err = a.openFiles(); err != nil {
+		return cs, err
+	}
+	if cs.auth, cs.publicKey, err = a.authenticator(cs.files); err != nil {
+		return cs, err
+	}
+	if cs.files.clients != nil {
+		e.Log.Info("clients file: clients authenticate with NAME:SECRET, a client certificate naming a client, or a client JWT (with --auth.type=jwt); noauth applies to agents only",
+			"file", cs.files.clients.Path(), "clients", cs.files.clients.Set().Len())
 	}
 	if cs.allow, err = parseAllow("http-proxy.host-whitelist", whitelist); err != nil {
 		return cs, err
