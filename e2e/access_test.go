@@ -491,3 +491,83 @@ func newH2ClientCert(t testing.TB, proxy, pki string, cert tls.Certificate) *h2C
 	t.Cleanup(tr.CloseIdleConnections)
 	return c
 }
+
+// TestAccessHA: an lb (HTTPS with client certificates) in front of a
+// proxy that holds the agent, both with the same clients file and cluster
+// key. A client authenticated by its certificate at the lb has no password
+// to forward: the lb vouches for it in the signed Reverse-Http-Forwarded
+// header, and the owning proxy applies the client's policy and logs its
+// identity. A NAME:SECRET client is authenticated again by the owning
+// proxy. Removing a client closes its tunnel through the lb within a
+// second.
+func TestAccessHA(t *testing.T) {
+	progs := haNeed(t)
+	dir := t.TempDir()
+	pki := filepath.Join(dir, "pki")
+	// guest is in no clients file: its certificate only gates the
+	// connection, and the password is checked.
+	runTool(t, "certs", "--dir", pki, "--agent-id", "ci", "--agent-id", "guest")
+	key := writeTestFile(t, filepath.Join(dir, "cluster.key"), "an e2e cluster key of enough bytes\n")
+	file := filepath.Join(dir, "clients.yaml")
+	e := startEcho(t)
+	web := startHTTPOrigin(t, false)
+	addClient(t, file, "--agents", "4711", "--destinations", web.addr, "ci")
+	ops := addClient(t, file, "--agents", "4711", "ops")
+	mc := startMemcached(t, progs)
+	p := startStoreProxy(t, mc, "--store.cluster-key="+key, "--auth.clients.file="+file)
+	l := startLB(t, mc, "--store.cluster-key="+key, "--auth.clients.file="+file, "--http-proxy.tls.enable",
+		"--http-proxy.tls.file.cert="+filepath.Join(pki, "proxy.pem"),
+		"--http-proxy.tls.file.key="+filepath.Join(pki, "proxy-key.pem"),
+		"--http-proxy.tls.file.client-ca="+filepath.Join(pki, "ca.pem"))
+	startAgent(t, p, "4711")
+	mc.waitRoute(t, startTimeout, "4711", p.httpAddr)
+
+	curlAs := func(cn string, extra ...string) (string, error) {
+		return curl(t, append([]string{"--proxy", "https://" + l.httpAddr, "--proxy-cacert", filepath.Join(pki, "ca.pem"),
+			"--proxy-cert", filepath.Join(pki, "agent-"+cn+".pem"), "--proxy-key", filepath.Join(pki, "agent-"+cn+"-key.pem")}, extra...)...)
+	}
+	curlLB := func(extra ...string) (string, error) { return curlAs("ci", extra...) }
+	if out, err := curlLB("--proxytunnel", "--proxy-user", "4711:", web.url("/hello")); err != nil || out != "hello\n" {
+		t.Fatalf("certificate client through the lb: %q, %v", out, err)
+	}
+	p.waitLog(t, clientTimeout, 1, "tunnel closed", "identity", "cert:ci", "destination", web.addr)
+	if out, err := curlLB("--proxy-user", "4711:", web.url("/hello")); err != nil || out != "hello\n" {
+		t.Errorf("certificate client through the lb, absolute-form: %q, %v", out, err)
+	}
+	if _, err := curlLB("--proxytunnel", "--proxy-user", "4711:", "http://"+e.addr+"/"); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Errorf("certificate client to a destination outside its policy: %v, want 403", err)
+	}
+	if out, err := curlAs("guest", "--proxytunnel", "--proxy-user", "4711:"+ops, web.url("/hello")); err != nil || out != "hello\n" {
+		t.Fatalf("password client through the lb: %q, %v", out, err)
+	}
+	if _, err := curlAs("guest", "--proxytunnel", "--proxy-user", "4711:", web.url("/hello")); err == nil || !strings.Contains(err.Error(), "407") {
+		t.Errorf("a certificate whose CN is no client, without a password: %v, want 407", err)
+	}
+	p.waitLog(t, clientTimeout, 1, "tunnel closed", "identity", "client:ops", "destination", web.addr)
+
+	// Revocation through the lb.
+	cert, err := tlsKeyPair(filepath.Join(pki, "agent-guest.pem"), filepath.Join(pki, "agent-guest-key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := h2Roots(t)
+	pem, _ := os.ReadFile(filepath.Join(pki, "ca.pem"))
+	roots.AppendCertsFromPEM(pem)
+	raw, err := tls.Dial("tcp", l.httpAddr, &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	fmt.Fprint(raw, connectHeader(e.addr, basicAuth("4711", ops)))
+	br := bufio.NewReader(raw)
+	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("CONNECT through the lb as ops: %v %v", resp, err)
+	}
+	tn := &tunnel{Conn: raw, br: br, resp: resp}
+	echoOnce(t, tn, "through the lb")
+	closed := closedAfter(tn)
+	runTool(t, "auth", "client", "remove", "--file", file, "ops")
+	slowest := waitRevoked(t, time.Now(), map[string]<-chan time.Time{"CONNECT through the lb": closed})
+	t.Logf("revocation latency (through an lb): %s", slowest.Round(time.Millisecond))
+}

@@ -36,6 +36,17 @@ type clientKey struct{}
 type client struct {
 	proxyAuth string
 	forwarded bool
+	// certName is the client's name when its TLS client certificate
+	// authenticated it: a forwarding node vouches for it (see
+	// SignForwardedFor), since there is no password to forward.
+	certName string
+}
+
+// CertClient returns the name of the clients-file client whose request
+// ctx belongs to when its certificate authenticated it, else "".
+func CertClient(ctx context.Context) string {
+	c, _ := ctx.Value(clientKey{}).(client)
+	return c.certName
 }
 
 // ProxyAuthorization returns the Proxy-Authorization header of the client
@@ -244,16 +255,20 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, start, "", nil, target, http.StatusBadRequest, err.Error())
 		return
 	}
-	agentID, id, err := h.authenticate(r)
+	agentID, id, err := h.authenticate(r, target)
 	if err != nil {
 		w.Header().Set("Proxy-Authenticate", `Basic realm="reverse-http"`)
 		h.fail(w, r, start, agentID, nil, target, http.StatusProxyAuthRequired, err.Error())
 		return
 	}
-	r = r.WithContext(context.WithValue(r.Context(), clientKey{}, client{
+	cl := client{
 		proxyAuth: r.Header.Get("Proxy-Authorization"),
 		forwarded: r.Header.Get(ForwardedHeader) != "",
-	}))
+	}
+	if id.Kind == auth.KindCert {
+		cl.certName = id.Name
+	}
+	r = r.WithContext(context.WithValue(r.Context(), clientKey{}, cl))
 	host, port, _ := wire.SplitHostPort(target)
 	if reason := h.destinationDenied(id, host, port, target); reason != "" {
 		h.fail(w, r, start, agentID, id, target, http.StatusForbidden, reason)
@@ -285,7 +300,7 @@ func (h *Handler) countedElsewhere(r *http.Request, agentID, target string) bool
 	if v == "" {
 		return false
 	}
-	err := checkForwarded(h.cfg.ClusterKey, v, agentID, target, time.Now())
+	_, err := checkForwardedFor(h.cfg.ClusterKey, v, agentID, target, time.Now())
 	switch {
 	case err == nil:
 		return true
@@ -326,11 +341,20 @@ func destination(r *http.Request) (string, error) {
 	return target, nil
 }
 
-func (h *Handler) authenticate(r *http.Request) (string, *auth.Identity, error) {
+func (h *Handler) authenticate(r *http.Request, target string) (string, *auth.Identity, error) {
 	certName := ""
 	if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 && len(r.TLS.VerifiedChains[0]) > 0 {
 		// --http-proxy.tls.file.client-ca verified it (and its CRL).
 		certName = r.TLS.VerifiedChains[0][0].Subject.CommonName
+	}
+	if v := r.Header.Get(ForwardedHeader); v != "" && certName == "" && len(h.cfg.ClusterKey) > 0 {
+		// A cluster member that authenticated the client by its
+		// certificate vouches for its name.
+		if user, _, err := auth.ParseBasic(r.Header.Get("Proxy-Authorization")); err == nil {
+			if name, err := checkForwardedFor(h.cfg.ClusterKey, v, user, target, time.Now()); err == nil {
+				certName = name
+			}
+		}
 	}
 	hdr := r.Header.Get("Proxy-Authorization")
 	if hdr == "" {
