@@ -265,6 +265,12 @@ func TestClientsFile(t *testing.T) {
 	if n := p.count("auth file refused, keeping the one in force"); n != before+1 {
 		t.Errorf("%d refusal lines for one broken file, want 1", n-before)
 	}
+	// SIGHUP reads it too, and refuses the whole reload.
+	l := sighup(t, p.process, "configuration reload refused, keeping the previous configuration")
+	if !strings.Contains(l["error"], "--auth.clients.file") || !strings.Contains(l["error"], file) {
+		t.Errorf("reload refused with %q, want the flag and the file named", l["error"])
+	}
+	mustGetHelloAuth(t, p, "4711", ci, web)
 }
 
 func portOf(t testing.TB, hostport string) int {

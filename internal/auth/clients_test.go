@@ -405,3 +405,32 @@ func FuzzAgentPattern(f *testing.F) {
 		}
 	})
 }
+
+// TestFailFloor: an unknown name (no hashing) and a wrong secret (a bcrypt
+// check) are both refused no sooner than FailFloor, with the same reason;
+// a repeated wrong secret is answered from the cache without hashing.
+func TestFailFloor(t *testing.T) {
+	FailFloor = 150 * time.Millisecond
+	defer func() { FailFloor = 250 * time.Millisecond }()
+	path := filepath.Join(t.TempDir(), "clients.yaml")
+	writeFile(t, path, clientsYAML(entry("ci", `["*"]`, "")))
+	f, err := OpenClientsFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := WithClients(NoAuth(), f)
+	for _, pw := range []string{"nobody:s3cret", "ci:wrong", "ci:wrong"} {
+		start := time.Now()
+		_, err := a.Client(Credentials{User: "1", Password: pw})
+		if d := time.Since(start); d < FailFloor {
+			t.Errorf("%s refused after %s, want at least %s", pw, d, FailFloor)
+		}
+		if err == nil || !strings.HasSuffix(err.Error(), ": unknown client or wrong secret") {
+			t.Errorf("%s: %v", pw, err)
+		}
+	}
+	start := time.Now()
+	if _, err := a.Client(Credentials{User: "1", Password: "ci:s3cret"}); err != nil || time.Since(start) >= FailFloor {
+		t.Errorf("right secret: %v after %s, want no floor", err, time.Since(start))
+	}
+}
