@@ -133,7 +133,6 @@ func TestClientsFile(t *testing.T) {
 	e := startEcho(t)
 	ci := addClient(t, file, "--agents", "4711", "--destinations", web.addr+","+e.addr, "ci")
 	ops := addClient(t, file, "--agents", "47*", "ops")
-	expiring := addClient(t, file, "--agents", "*", "--expires", "3s", "brief")
 	audit := filepath.Join(dir, "audit.log")
 	p := startProxy(t, "--auth.clients.file="+file, "--socks5.listen-address=127.0.0.1:0",
 		"--admin.listen-address=127.0.0.1:0", "--audit.file="+audit)
@@ -201,6 +200,9 @@ func TestClientsFile(t *testing.T) {
 	}
 
 	// Expiry: brief's tunnel ends when it expires; it is refused then.
+	reloads := p.count("auth file reloaded")
+	expiring := addClient(t, file, "--agents", "*", "--expires", "4s", "brief")
+	p.waitLog(t, clientTimeout, reloads+1, "auth file reloaded")
 	exp := mustConnect(t, p.httpAddr, e.addr, basicAuth("4711", expiring))
 	select {
 	case <-closedAfter(exp):
