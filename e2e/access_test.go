@@ -295,7 +295,7 @@ func TestClientCertificates(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	pki := filepath.Join(dir, "pki")
-	runTool(t, "certs", "--dir", pki, "--agent-id", "ci", "--agent-id", "ops")
+	runTool(t, "certs", "--dir", pki, "--agent-id", "ci", "--agent-id", "ops", "--agent-id", "guest")
 	file := filepath.Join(dir, "clients.yaml")
 	e := startEcho(t)
 	web := startHTTPOrigin(t, false)
@@ -330,6 +330,24 @@ func TestClientCertificates(t *testing.T) {
 	}
 	if _, err := curlTLS("", "--proxytunnel", "--proxy-user", "4711:"+opsPassword, web.url("/hello")); err == nil {
 		t.Error("no client certificate: accepted")
+	}
+
+	// A certificate whose CN is no client only gates the connection:
+	// NAME:SECRET over HTTP/2 decides.
+	guestCert, err := tlsKeyPair(filepath.Join(pki, "agent-guest.pem"), filepath.Join(pki, "agent-guest-key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := newH2ClientCert(t, p.httpAddr, pki, guestCert)
+	if err := g.echo(e.addr, basicAuth("4711", opsPassword), 1000, 3); err != nil {
+		t.Errorf("HTTP/2 with NAME:SECRET: %v", err)
+	}
+	opsName, _, _ := strings.Cut(opsPassword, ":")
+	if err := g.echo(e.addr, basicAuth("4711", opsName+":wrong"), 10, 1); err == nil || !strings.Contains(err.Error(), "407") {
+		t.Errorf("HTTP/2 with a wrong secret: %v, want 407", err)
+	}
+	if err := g.echo(e.addr, basicAuth("4711", ""), 10, 1); err == nil || !strings.Contains(err.Error(), "407") {
+		t.Errorf("HTTP/2 with a certificate that names no client and no password: %v, want 407", err)
 	}
 
 	// Go's HTTP/2 client with ops's certificate; then ops is removed.
