@@ -83,8 +83,15 @@ func writeFile(t *testing.T, path string, data []byte) {
 	}
 }
 
+// setFailFloor sets FailFloor for one test.
+func setFailFloor(t *testing.T, d time.Duration) {
+	old := FailFloor
+	FailFloor = d
+	t.Cleanup(func() { FailFloor = old })
+}
+
 func TestClientsAuthenticator(t *testing.T) {
-	FailFloor = 20 * time.Millisecond
+	setFailFloor(t, 20*time.Millisecond)
 	path := filepath.Join(t.TempDir(), "clients.yaml")
 	writeFile(t, path, clientsYAML(
 		entry("ci", `["4711", "site-*"]`, "    destinations: [\"*.internal:443\"]\n"),
@@ -153,7 +160,7 @@ func TestClientsAuthenticator(t *testing.T) {
 }
 
 func TestClientsReloadRevokes(t *testing.T) {
-	FailFloor = 0
+	setFailFloor(t, 0)
 	path := filepath.Join(t.TempDir(), "clients.yaml")
 	writeFile(t, path, clientsYAML(entry("ci", `["4711"]`, ""), entry("ops", `["*"]`, "")))
 	f, err := OpenClientsFile(path)
@@ -410,8 +417,7 @@ func FuzzAgentPattern(f *testing.F) {
 // check) are both refused no sooner than FailFloor, with the same reason;
 // a repeated wrong secret is answered from the cache without hashing.
 func TestFailFloor(t *testing.T) {
-	FailFloor = 150 * time.Millisecond
-	defer func() { FailFloor = 250 * time.Millisecond }()
+	setFailFloor(t, 150*time.Millisecond)
 	path := filepath.Join(t.TempDir(), "clients.yaml")
 	writeFile(t, path, clientsYAML(entry("ci", `["*"]`, "")))
 	f, err := OpenClientsFile(path)
