@@ -21,6 +21,7 @@ type auditLine struct {
 	Node        string `json:"node"`
 	Agent       string `json:"agent"`
 	Client      string `json:"client"`
+	Identity    string `json:"identity"`
 	Method      string `json:"method"`
 	Destination string `json:"destination"`
 	Dialed      string `json:"dialed"`

@@ -34,6 +34,10 @@ type Entry struct {
 	// Client is the client's address (empty on an agent, which does not
 	// know it).
 	Client string
+	// Identity is who the client authenticated as: "client:NAME",
+	// "cert:NAME", "jwt:SUB" (or "jwt:jti:ID"), "noauth"; empty when it
+	// did not (refused before or at authentication) and on an agent.
+	Identity string
 	// Method is CONNECT or the HTTP method of an absolute-form request;
 	// empty for a request refused before it was parsed.
 	Method string
@@ -61,6 +65,7 @@ type line struct {
 	Node        string `json:"node"`
 	Agent       string `json:"agent"`
 	Client      string `json:"client"`
+	Identity    string `json:"identity,omitempty"`
 	Method      string `json:"method"`
 	Destination string `json:"destination"`
 	Dialed      string `json:"dialed,omitempty"`
@@ -247,6 +252,7 @@ func (l *Log) write(e Entry) {
 		Node:        l.node,
 		Agent:       Clip(e.Agent, MaxField),
 		Client:      Clip(e.Client, MaxField),
+		Identity:    Clip(e.Identity, MaxField),
 		Method:      Clip(e.Method, MaxField),
 		Destination: Clip(e.Destination, MaxField),
 		Dialed:      Clip(e.Dialed, MaxField),

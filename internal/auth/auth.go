@@ -9,6 +9,7 @@ package auth
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"unicode"
 	"unicode/utf8"
 
@@ -49,13 +50,14 @@ func deny(format string, args ...any) error {
 	return &denied{reason: fmt.Sprintf(format, args...)}
 }
 
-// Authenticator decides who may connect. Implemented by NoAuth and JWT.
-// Implementations are safe for concurrent use.
+// Authenticator decides who may connect. Implemented by NoAuth, JWT and
+// WithClients. Implementations are safe for concurrent use.
 type Authenticator interface {
 	// Agent checks the credential an agent sent on its auth stream and returns its agent ID.
 	Agent(credential string) (agentID string, err error)
-	// Client checks the Basic credentials of an HTTP proxy client who wants agent `user`.
-	Client(user, password string) error
+	// Client checks the credentials of a client who wants agent c.User
+	// and returns who it is and what it may reach.
+	Client(c Credentials) (*Identity, error)
 }
 
 // NoAuth returns an Authenticator that trusts everyone.
@@ -82,18 +84,19 @@ func (noAuth) Agent(credential string) (string, error) {
 	return credential, nil
 }
 
-func (noAuth) Client(user, _ string) error {
-	if err := checkAgentID(user); err != nil {
-		return deny("user: %v", err)
+func (noAuth) Client(c Credentials) (*Identity, error) {
+	if err := checkAgentID(c.User); err != nil {
+		return nil, deny("user: %v", err)
 	}
-	return nil
+	return &Identity{Kind: KindNoAuth, Metric: OtherClient}, nil
 }
 
 // JWT returns an Authenticator that checks tokens with v, which must not be nil.
 //
 // Agent wants a token with role "agent" and returns its agent_id. Client
-// wants the password to be a token with role "client" whose agent_id equals
-// user.
+// wants the password to be a token with role "client" whose agents claim
+// names user (exactly or by a pattern); its destinations claim, if any,
+// becomes the identity's destination policy.
 func JWT(v *Verifier) Authenticator { return jwtAuth{v: v} }
 
 type jwtAuth struct{ v *Verifier }
@@ -110,18 +113,95 @@ func (a jwtAuth) Agent(credential string) (string, error) {
 	return c.AgentID, nil
 }
 
-func (a jwtAuth) Client(user, password string) error {
-	if user == "" {
-		return deny("empty user")
+func (a jwtAuth) Client(cr Credentials) (*Identity, error) {
+	if cr.User == "" {
+		return nil, deny("empty user")
 	}
-	c, err := a.v.Verify(password, RoleClient)
+	c, err := a.v.Verify(cr.Password, RoleClient)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if c.AgentID != user {
-		return deny("agent_id mismatch: user %s, token %s", quoteIfOdd(user), c.AgentID)
+	if !c.Agents.Match(cr.User) {
+		if len(c.Agents) == 1 {
+			return nil, deny("agent_id mismatch: user %s, token %s", quoteIfOdd(cr.User), c.Agents[0])
+		}
+		return nil, deny("agent %s is not among the token's agents (%s)", quoteIfOdd(cr.User), strings.Join(c.Agents, ","))
 	}
-	return nil
+	name := c.Subject
+	if name == "" && c.ID != "" {
+		name = "jti:" + c.ID
+	}
+	id := &Identity{Kind: KindJWT, Name: clipName(name), Metric: OtherClient, destinations: c.dest}
+	if c.ExpiresAt != nil {
+		id.Expires = c.ExpiresAt.Add(leeway)
+	}
+	if jti, revokedList := c.ID, a.v.cfg.Revoked; jti != "" && revokedList != nil {
+		id.check = func(string, string) error {
+			if revokedList.Has(jti) {
+				return revoked("token %s was revoked (--auth.jwt.revoked)", quoteIfOdd(jti))
+			}
+			return nil
+		}
+	}
+	return id, nil
+}
+
+// clipName bounds a name taken from a token, and quotes it if it has
+// control characters or is not UTF-8, so it is safe in logs.
+func clipName(s string) string {
+	if len(s) > maxAgentIDLen {
+		s = s[:maxAgentIDLen]
+	}
+	if !utf8.ValidString(s) || strings.IndexFunc(s, unicode.IsControl) >= 0 {
+		return fmt.Sprintf("%q", s)
+	}
+	return s
+}
+
+// WithClients returns an Authenticator that checks agents as base does and
+// clients against the clients file f first:
+//
+//   - a verified client certificate whose CN names a client of f: that
+//     client, without a password;
+//   - a password NAME:SECRET where NAME is a client of f: that client, if
+//     SECRET is its secret;
+//   - with base a JWT authenticator, a client token, as base checks it;
+//   - else refused: with a clients file, noauth applies to agents only.
+//
+// The client's agents (and destinations) are its policy.
+func WithClients(base Authenticator, f *ClientsFile) Authenticator {
+	return clientsAuth{base: base, f: f}
+}
+
+type clientsAuth struct {
+	base Authenticator
+	f    *ClientsFile
+}
+
+func (a clientsAuth) Agent(credential string) (string, error) { return a.base.Agent(credential) }
+
+func (a clientsAuth) Client(c Credentials) (*Identity, error) {
+	if err := checkAgentID(c.User); err != nil {
+		return nil, deny("user: %v", err)
+	}
+	if c.CertName != "" {
+		id, err := a.f.byCert(c.CertName, c.User)
+		if id != nil || err != nil {
+			return id, err
+		}
+	}
+	_, isJWT := a.base.(jwtAuth)
+	if isJWT && looksLikeJWT(c.Password) {
+		return a.base.Client(c)
+	}
+	name, secret, ok := strings.Cut(c.Password, ":")
+	if !ok || CheckClientName(name) != nil {
+		if isJWT {
+			return nil, deny("password: want NAME:SECRET of a client of the clients file, or a client JWT")
+		}
+		return nil, deny("password: want NAME:SECRET of a client of the clients file (--auth.clients.file)")
+	}
+	return a.f.authenticate(name, secret, c.User)
 }
 
 // looksLikeJWT reports whether s has the shape of a JWT in compact

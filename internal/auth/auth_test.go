@@ -59,10 +59,13 @@ func TestNoAuthClient(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.user+":"+tc.password, func(t *testing.T) {
-			err := NoAuth().Client(tc.user, tc.password)
+			id, err := NoAuth().Client(Credentials{User: tc.user, Password: tc.password})
 			if tc.want == "" {
 				if err != nil {
 					t.Fatal(err)
+				}
+				if id.Kind != KindNoAuth || id.String() != "noauth" || id.Metric != OtherClient {
+					t.Errorf("identity %+v, want noauth", id)
 				}
 				return
 			}
@@ -92,8 +95,12 @@ func TestJWTAuthenticator(t *testing.T) {
 			wantErr(t, err, "signature is invalid", ErrUnauthorized)
 		})
 		t.Run(kp.alg+"/client", func(t *testing.T) {
-			if err := a.Client("4711", tok("4711", RoleClient)); err != nil {
+			id, err := a.Client(Credentials{User: "4711", Password: tok("4711", RoleClient)})
+			if err != nil {
 				t.Fatal(err)
+			}
+			if id.Kind != KindJWT || !strings.HasPrefix(id.Name, "jti:") || id.Metric != OtherClient {
+				t.Errorf("identity %+v, want jwt with the jti as name", id)
 			}
 			tests := []struct {
 				name, user, password, want string
@@ -107,7 +114,8 @@ func TestJWTAuthenticator(t *testing.T) {
 			}
 			for _, tc := range tests {
 				t.Run(tc.name, func(t *testing.T) {
-					wantErr(t, a.Client(tc.user, tc.password), tc.want, ErrUnauthorized)
+					_, err := a.Client(Credentials{User: tc.user, Password: tc.password})
+					wantErr(t, err, tc.want, ErrUnauthorized)
 				})
 			}
 		})

@@ -23,9 +23,15 @@ func FuzzVerifyClaims(f *testing.F) {
 	f.Add(`{"alg":"ES256","typ":"JWT"}`, `{"agent_id":"4711","role":"agent","exp":`+exp+`,"aud":["proxy"]}`)
 	f.Add(`{"alg":"ES256"}`, `{"agent_id":"4711","role":"client","exp":`+exp+`,"nbf":`+exp+`}`)
 	f.Add(`{"alg":"none"}`, `{"agent_id":"4711","role":"agent","exp":`+exp+`}`)
+	f.Add(`{"alg":"ES256"}`, `{"agent_id":["47*","site-1"],"role":"client","destinations":"*.internal:443","exp":`+exp+`,"jti":"gone"}`)
+	f.Add(`{"alg":"ES256"}`, `{"agent_id":[],"role":"client","destinations":[""],"exp":`+exp+`}`)
+	f.Add(`{"alg":"ES256"}`, `{"agent_id":[1],"role":"client","destinations":{"a":1},"exp":`+exp+`}`)
 	key := testKeys().ec
+	revoked := &RevokedFile{}
+	rs, _ := ParseRevoked([]byte("gone\n"))
+	revoked.cur.Store(rs)
 	verifiers := map[string]*Verifier{
-		"":      NewVerifier(key.Public(), ""),
+		"":      NewVerifierWith(VerifierConfig{Keys: []KeySource{NewStaticKey(key.Public())}, Revoked: revoked}),
 		"proxy": NewVerifier(key.Public(), "proxy"),
 	}
 	f.Fuzz(func(t *testing.T, header, claims string) {
@@ -50,8 +56,27 @@ func FuzzVerifyClaims(f *testing.F) {
 				if json.Unmarshal([]byte(header), &h) != nil || h["alg"] != "ES256" {
 					t.Fatalf("accepted header %q", header)
 				}
-				if c.Role != role || checkAgentID(c.AgentID) != nil {
-					t.Fatalf("as %s accepted role %q, agent_id %q (claims %q)", role, c.Role, c.AgentID, claims)
+				if c.Role != role {
+					t.Fatalf("as %s accepted role %q (claims %q)", role, c.Role, claims)
+				}
+				if role == RoleAgent && checkAgentID(c.AgentID) != nil {
+					t.Fatalf("accepted agent_id %q (claims %q)", c.AgentID, claims)
+				}
+				if role == RoleClient {
+					if len(c.Agents) == 0 {
+						t.Fatalf("accepted a client token without agents (claims %q)", claims)
+					}
+					for _, p := range c.Agents {
+						if checkAgentID(p) != nil {
+							t.Fatalf("accepted agent pattern %q (claims %q)", p, claims)
+						}
+					}
+					if len(c.Destinations) > 0 && c.dest.Empty() {
+						t.Fatalf("accepted destinations %q that allow everything (claims %q)", c.Destinations, claims)
+					}
+				}
+				if v.cfg.Revoked.Has(c.ID) {
+					t.Fatalf("accepted revoked jti %q", c.ID)
 				}
 				// Dates are whole seconds: a second of slack.
 				if c.ExpiresAt == nil || !c.ExpiresAt.After(before.Add(-leeway-time.Second)) {

@@ -52,7 +52,7 @@ type JWKSConfig struct {
 }
 
 // JWKS is the key set of an identity provider, fetched from its URL and
-// kept fresh by Run; Key looks keys up by kid. It is a KeySource.
+// kept fresh by Run; Key looks keys up by kid. It is a KeyResolver.
 //
 // Fetches happen only in Run's goroutine: the first at once, then every
 // Refresh, and sooner (rate-limited by MinInterval) when Key is asked for
@@ -148,7 +148,7 @@ func loopbackHost(host string) bool {
 // URL is the key set's URL, without credentials, for logs.
 func (s *JWKS) URL() string { return s.url }
 
-// Key returns the key named kid (see KeySource). For a kid not in the set
+// Key returns the key named kid (see KeyResolver). For a kid not in the set
 // it asks Run for a fetch; when that fetch may start at once (none in the
 // last MinInterval; before Run's first) or one is under way, Key waits
 // for it, at most Timeout and a second, and looks again. Otherwise, or

@@ -268,7 +268,7 @@ func FuzzParseJWKS(f *testing.F) {
 	})
 }
 
-// staticKeys is a KeySource of fixed keys.
+// staticKeys is a KeyResolver of fixed keys.
 type staticKeys map[string]jwksKey
 
 func (s staticKeys) Key(kid string) (crypto.PublicKey, []string, error) {

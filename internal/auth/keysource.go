@@ -12,10 +12,10 @@ import (
 // hold.
 var ErrUnknownKey = errors.New("unknown key ID")
 
-// KeySource is a set of public keys named by key ID (kid), such as an
+// KeyResolver is a set of public keys named by key ID (kid), such as an
 // identity provider's JWKS (see JWKS). Implementations are safe for
 // concurrent use.
-type KeySource interface {
+type KeyResolver interface {
 	// Key returns the key named kid and the JWT algorithms ("alg") it may
 	// verify, only asymmetric ones. For a kid it does not hold, the error
 	// wraps ErrUnknownKey; Key may then refresh the set first, taking a
@@ -25,7 +25,7 @@ type KeySource interface {
 
 // keySource is a Verifier's extra keys: see WithKeySource.
 type keySource struct {
-	src    KeySource
+	src    KeyResolver
 	issuer string // "": iss not checked
 }
 
@@ -44,13 +44,24 @@ type keySource struct {
 //
 // jku, x5u, jwk and x5c in a header are still ignored: keys come only
 // from src and v.
-func (v *Verifier) WithKeySource(src KeySource, issuer string) *Verifier {
+func (v *Verifier) WithKeySource(src KeyResolver, issuer string) *Verifier {
 	w := *v
 	w.keys = &keySource{src: src, issuer: issuer}
-	if w.key == nil {
+	if !w.ownKey() {
 		w.keyErr = nil // no key of its own: src's keys only
 	}
 	return &w
+}
+
+// ownKey reports whether one of v's own keys (cfg.Keys) can verify
+// anything.
+func (v *Verifier) ownKey() bool {
+	for _, k := range v.cfg.Keys {
+		if s, ok := k.(*StaticKey); !ok || s.err == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // parse checks token's signature and registered claims into c, with the
@@ -70,11 +81,11 @@ func (v *Verifier) parse(token string, c *Claims) error {
 		if err == nil {
 			return v.keys.verify(v, token, c, key, algs)
 		}
-		if v.key == nil || !errors.Is(err, ErrUnknownKey) {
+		if !v.ownKey() || !errors.Is(err, ErrUnknownKey) {
 			return err
 		}
 		unknown = err
-	} else if v.key == nil {
+	} else if !v.ownKey() {
 		return errors.New("token has no kid: without --auth.jwt.public-key only the identity provider's keys verify tokens, and they are picked by kid")
 	}
 	_, err = v.parser.ParseWithClaims(token, c, v.keyFunc)
@@ -91,8 +102,8 @@ func (k *keySource) verify(v *Verifier, token string, c *Claims, key crypto.Publ
 		jwt.WithExpirationRequired(),
 		jwt.WithLeeway(leeway),
 	}
-	if v.audience != "" {
-		opts = append(opts, jwt.WithAudience(v.audience))
+	if v.cfg.Audience != "" {
+		opts = append(opts, jwt.WithAudience(v.cfg.Audience))
 	}
 	if _, err := jwt.NewParser(opts...).ParseWithClaims(token, c, func(*jwt.Token) (any, error) { return key, nil }); err != nil {
 		return err

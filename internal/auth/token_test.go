@@ -50,14 +50,14 @@ func TestSignVerify(t *testing.T) {
 				if c.AgentID != tc.opts.AgentID || c.Role != tc.opts.Role {
 					t.Errorf("claims agent_id=%q role=%q", c.AgentID, c.Role)
 				}
-				if c.Subject != "" || c.Issuer != "" || c.ID != "" || c.NotBefore != nil {
-					t.Errorf("sub=%q iss=%q jti=%q nbf=%v, want none: compact claims", c.Subject, c.Issuer, c.ID, c.NotBefore)
+				if c.Subject != "" || c.Issuer != "" || c.IssuedAt != nil || c.NotBefore != nil {
+					t.Errorf("sub=%q iss=%q iat=%v nbf=%v, want none: compact claims", c.Subject, c.Issuer, c.IssuedAt, c.NotBefore)
 				}
-				if got := c.ExpiresAt.Sub(c.IssuedAt.Time); got != tc.opts.Duration {
-					t.Errorf("exp - iat = %v, want %v", got, tc.opts.Duration)
+				if len(c.ID) != 11 {
+					t.Errorf("jti %q, want 8 random bytes in base64url", c.ID)
 				}
-				if !tc.opts.Now.IsZero() && !c.IssuedAt.Equal(tc.opts.Now) {
-					t.Errorf("iat %v, want %v", c.IssuedAt, tc.opts.Now)
+				if !tc.opts.Now.IsZero() && !c.ExpiresAt.Equal(tc.opts.Now.Add(tc.opts.Duration)) {
+					t.Errorf("exp %v, want %v", c.ExpiresAt, tc.opts.Now.Add(tc.opts.Duration))
 				}
 				switch tc.opts.Audience {
 				case "":
@@ -90,7 +90,7 @@ func TestTokenWireFormat(t *testing.T) {
 	if err := json.Unmarshal(raw, &m); err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []string{"agent_id", "role", "exp", "iat", "aud"} {
+	for _, k := range []string{"agent_id", "role", "exp", "jti", "aud"} {
 		if _, ok := m[k]; !ok {
 			t.Errorf("claim %q missing in %s", k, raw)
 		}

@@ -411,6 +411,14 @@ func TestInvalidSettings(t *testing.T) {
 		{"proxy whitelist bad port", nil, proxyArgs("--http-proxy.host-whitelist=example.com:0"), "--http-proxy.host-whitelist"},
 		{"agent whitelist bare star", nil, agent("--auth.noauth.agent-id=a1", "--agent-client.host-whitelist=*"), "--agent-client.host-whitelist"},
 
+		// Auth files.
+		{"clients file missing", nil, proxyArgs("--auth.clients.file=/nonexistent"), "--auth.clients.file"},
+		{"clients file malformed", nil, proxyArgs("--auth.clients.file=" + writeFile(t, dir, "clients.yaml", "clients: [\n")), "--auth.clients.file"},
+		{"clients file unknown field", nil, proxyArgs("--auth.clients.file=" + writeFile(t, dir, "clients2.yaml", "clients:\n  - name: a\n    secret: x\n")), "--auth.clients.file"},
+		{"revoked without jwt", nil, proxyArgs("--auth.jwt.revoked=" + writeFile(t, dir, "revoked", "a\n")), "--auth.jwt.revoked"},
+		{"revoked malformed", nil, proxyArgs("--auth.type=jwt", "--auth.jwt.public-key="+f.authPublic, "--auth.jwt.revoked="+writeFile(t, dir, "revoked2", "a b\n")), "--auth.jwt.revoked"},
+		{"agents claim empty", nil, proxyArgs("--auth.jwt.agents-claim="), "--auth.jwt.agents-claim"},
+
 		// Key, certificate and token files.
 		{"jwt public key missing", nil, proxyArgs("--auth.type=jwt", "--auth.jwt.public-key=/nonexistent"), "--auth.jwt.public-key"},
 		{"jwt public key default missing", nil, proxyArgs("--auth.type=jwt"), "--auth.jwt.public-key"},

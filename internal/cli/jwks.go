@@ -2,11 +2,8 @@ package cli
 
 import (
 	"context"
-	"crypto"
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
 
 	"github.com/reverse-http/reverse-http/internal/auth"
 	"github.com/reverse-http/reverse-http/internal/run"
@@ -43,25 +40,6 @@ func (a AuthVerifier) jwks(e *Env) (*auth.JWKS, error) {
 		return nil, fmt.Errorf("--auth.jwt.jwks-url: %w", err)
 	}
 	return keys, nil
-}
-
-// jwksAuthenticator verifies tokens with the keys of the JWKS and, if its
-// file exists, the key of --auth.jwt.public-key. It returns that file's
-// contents, nil without one.
-func (a AuthVerifier) jwksAuthenticator(keys *auth.JWKS) (auth.Authenticator, []byte, error) {
-	var pub crypto.PublicKey
-	pem, err := os.ReadFile(a.JWT.PublicKey)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		pem = nil
-	case err != nil:
-		return nil, nil, fmt.Errorf("--auth.jwt.public-key: %w", err)
-	default:
-		if pub, err = auth.ParsePublicKey(pem); err != nil {
-			return nil, nil, fmt.Errorf("--auth.jwt.public-key %q: %w", a.JWT.PublicKey, err)
-		}
-	}
-	return auth.JWT(auth.NewVerifier(pub, a.JWT.Audience).WithKeySource(keys, a.JWT.Issuer)), pem, nil
 }
 
 // keepJWKS returns a, from a reload, with running's JWKS settings, which

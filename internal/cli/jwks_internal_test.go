@@ -57,7 +57,7 @@ func TestJWKSReload(t *testing.T) {
 		}
 		return s
 	}
-	if err := cs.auth.Client("4711", token("iss-a")); err != nil {
+	if _, err := cs.auth.Client(auth.Credentials{User: "4711", Password: token("iss-a")}); err != nil {
 		t.Fatalf("provider token at start: %v", err)
 	}
 
@@ -74,10 +74,10 @@ func TestJWKSReload(t *testing.T) {
 			t.Errorf("restart %v, want %s", u.Restart, flag)
 		}
 	}
-	if err := u.Auth.Client("4711", token("iss-a")); err != nil {
+	if _, err := u.Auth.Client(auth.Credentials{User: "4711", Password: token("iss-a")}); err != nil {
 		t.Errorf("running issuer's token after the reload: %v", err)
 	}
-	if err := u.Auth.Client("4711", token("iss-b")); err == nil {
+	if _, err := u.Auth.Client(auth.Credentials{User: "4711", Password: token("iss-b")}); err == nil {
 		t.Error("the new issuer applied without a restart")
 	}
 }

@@ -98,6 +98,7 @@ func (c *LBCmd) Run(e *Env) error {
 		Metrics:            m,
 		Audit:              auditLog,
 		ShutdownTimeout:    c.ShutdownTimeout,
+		WatchAuth:          cs.files.watch(e.Log.With("component", "auth")),
 		Reload: clientSideReload(e,
 			[]reloadTLS{{"http-proxy", cs.serverTLS}, {"http-connector", cs.connectorTLS}},
 			cs, c.Auth, c.HTTPProxy.HostWhitelist,

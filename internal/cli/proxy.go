@@ -2,10 +2,14 @@ package cli
 
 import (
 	"bytes"
+	"context"
+	"crypto"
 	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io/fs"
+	"log/slog"
 	"net"
 	"os"
 	"strings"
@@ -122,13 +126,129 @@ type ProxyCmd struct {
 type AuthVerifier struct {
 	Type string `enum:"noauth,jwt" default:"noauth" help:"How agents and clients authenticate. One of: [noauth, jwt]."`
 	JWT  struct {
-		PublicKey string `placeholder:"FILE" default:"auth-key-public.pem" help:"Public key (PEM) that verifies tokens."`
-		Audience  string `help:"Required token audience (aud), when set."`
+		PublicKey   string `placeholder:"FILE" default:"auth-key-public.pem" help:"Public key (PEM) that verifies tokens."`
+		Audience    string `help:"Required token audience (aud), when set."`
+		Revoked     string `placeholder:"FILE" help:"Revocation list: one token jti per line; tokens it names are refused and their open tunnels closed. Re-read when it changes and on SIGHUP."`
+		AgentsClaim string `name:"agents-claim" default:"agent_id" placeholder:"NAME" help:"Claim of a client token that names the agents it may use: an agent ID pattern or a list of them ('*' allowed), e.g. a provider's groups claim."`
 		// See jwks.go.
 		JWKSURL     string        `name:"jwks-url" placeholder:"URL" help:"Also verify tokens with the keys of an identity provider's JWKS at this URL (https, or http to loopback), picked by the token's kid; needs --auth.jwt.issuer. --auth.jwt.public-key then applies only if its file exists."`
 		Issuer      string        `placeholder:"ISS" help:"Required iss of the tokens verified with --auth.jwt.jwks-url keys (the provider's issuer URL)."`
 		JWKSRefresh time.Duration `name:"jwks-refresh" default:"5m" help:"Advanced: fetch the --auth.jwt.jwks-url keys again at this interval (at least 10s); a token naming an unknown kid fetches them sooner, at most once per 10s."`
 	} `embed:"" prefix:"jwt."`
+	Clients struct {
+		File string `placeholder:"FILE" help:"Clients file (YAML; see 'auth client add'): clients authenticate with password NAME:SECRET (or a client JWT with --auth.type=jwt, or a client certificate whose CN is NAME); noauth then applies to agents only. Re-read when it changes and on SIGHUP."`
+	} `embed:"" prefix:"clients."`
+}
+
+// checkFlags checks the --auth.* settings that need no file.
+func (a AuthVerifier) checkFlags() error {
+	if a.JWT.Revoked != "" && a.Type != "jwt" {
+		return errors.New("--auth.jwt.revoked needs --auth.type=jwt")
+	}
+	if c := a.JWT.AgentsClaim; c == "" || len(c) > 64 {
+		return fmt.Errorf("--auth.jwt.agents-claim: want a claim name of 1-64 bytes, got %q", c)
+	}
+	return nil
+}
+
+// authFiles are the auth files a node re-reads when they change: the
+// clients file and the JWT revocation list, each nil when not given.
+// They are opened once; their paths need a restart to change.
+type authFiles struct {
+	clients *auth.ClientsFile
+	revoked *auth.RevokedFile
+}
+
+func (a AuthVerifier) openFiles() (f authFiles, err error) {
+	if p := a.Clients.File; p != "" {
+		if f.clients, err = auth.OpenClientsFile(p); err != nil {
+			return f, fmt.Errorf("--auth.clients.file: %w", err)
+		}
+	}
+	if p := a.JWT.Revoked; p != "" {
+		if f.revoked, err = auth.OpenRevokedFile(p); err != nil {
+			return f, fmt.Errorf("--auth.jwt.revoked: %w", err)
+		}
+	}
+	return f, nil
+}
+
+// check reads the files again: changed names the flags whose file
+// changed, and apply puts them in force. An error names the flag and
+// the file; nothing of it applies.
+func (f authFiles) check() (changed []string, apply func(), err error) {
+	var applies []func()
+	if f.clients != nil {
+		a, err := f.clients.Check()
+		if err != nil {
+			return nil, nil, fmt.Errorf("--auth.clients.file: %w", err)
+		}
+		if a != nil {
+			changed, applies = append(changed, "--auth.clients.file"), append(applies, a)
+		}
+	}
+	if f.revoked != nil {
+		a, err := f.revoked.Check()
+		if err != nil {
+			return nil, nil, fmt.Errorf("--auth.jwt.revoked: %w", err)
+		}
+		if a != nil {
+			changed, applies = append(changed, "--auth.jwt.revoked"), append(applies, a)
+		}
+	}
+	return changed, func() {
+		for _, a := range applies {
+			a()
+		}
+	}, nil
+}
+
+// authFilePoll is how often the auth files are read for changes: a
+// revoked client's tunnels close within it (and a little).
+const authFilePoll = 250 * time.Millisecond
+
+// watch re-reads the auth files every authFilePoll until ctx ends; when
+// one changed and parses, it applies it, logs it and calls changed. A
+// file that does not parse is logged once (until it changes again) and
+// the one in force stays. Nil without files.
+func (f authFiles) watch(log *slog.Logger) func(ctx context.Context, changed func()) error {
+	if f.clients == nil && f.revoked == nil {
+		return nil
+	}
+	return func(ctx context.Context, changed func()) error {
+		t := time.NewTicker(authFilePoll)
+		defer t.Stop()
+		lastErr := ""
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-t.C:
+			}
+			names, apply, err := f.check()
+			if err != nil {
+				if err.Error() != lastErr {
+					log.Error("auth file refused, keeping the one in force", "error", err.Error())
+					lastErr = err.Error()
+				}
+				continue
+			}
+			lastErr = ""
+			if len(names) == 0 {
+				continue
+			}
+			apply()
+			log.Info("auth file reloaded", "changed", strings.Join(names, ","), "clients", f.clientCount())
+			changed()
+		}
+	}
+}
+
+func (f authFiles) clientCount() int {
+	if f.clients == nil {
+		return 0
+	}
+	return f.clients.Set().Len()
 }
 
 // MetricsConfig is --metrics.*, kept from the reference.
@@ -197,25 +317,51 @@ func (c MemcachedConfig) store(key []byte, e *Env) (*route.Memcached, error) {
 }
 
 // authenticator reads the public key, with --auth.type=jwt, and returns
-// the authenticator and the key file's contents.
-func (a AuthVerifier) authenticator(keys *auth.JWKS) (auth.Authenticator, []byte, error) {
-	switch a.Type {
-	case "jwt":
-		if keys != nil {
-			return a.jwksAuthenticator(keys)
-		}
-		pem, err := os.ReadFile(a.JWT.PublicKey)
+// the authenticator, over files and, with a JWKS, its keys, and the key
+// file's contents.
+func (a AuthVerifier) authenticator(files authFiles, keys *auth.JWKS) (auth.Authenticator, []byte, error) {
+	var (
+		base auth.Authenticator = auth.NoAuth()
+		pem  []byte
+	)
+	if a.Type == "jwt" {
+		v, p, err := a.verifier(files, keys)
 		if err != nil {
-			return nil, nil, fmt.Errorf("--auth.jwt.public-key: %w", err)
+			return nil, nil, err
 		}
-		pub, err := auth.ParsePublicKey(pem)
-		if err != nil {
+		base, pem = auth.JWT(v), p
+	}
+	if files.clients != nil {
+		return auth.WithClients(base, files.clients), pem, nil
+	}
+	return base, pem, nil
+}
+
+// verifier is the JWT verifier: the public key, and with a JWKS its keys
+// too (the public key then only if its file exists).
+func (a AuthVerifier) verifier(files authFiles, keys *auth.JWKS) (*auth.Verifier, []byte, error) {
+	var pub crypto.PublicKey
+	pem, err := os.ReadFile(a.JWT.PublicKey)
+	switch {
+	case keys != nil && errors.Is(err, fs.ErrNotExist):
+		pem = nil // the provider's keys alone
+	case err != nil:
+		return nil, nil, fmt.Errorf("--auth.jwt.public-key: %w", err)
+	default:
+		if pub, err = auth.ParsePublicKey(pem); err != nil {
 			return nil, nil, fmt.Errorf("--auth.jwt.public-key %q: %w", a.JWT.PublicKey, err)
 		}
-		return auth.JWT(auth.NewVerifier(pub, a.JWT.Audience)), pem, nil
-	default:
-		return auth.NoAuth(), nil, nil
 	}
+	v := auth.NewVerifierWith(auth.VerifierConfig{
+		Keys:        []auth.KeySource{auth.NewStaticKey(pub)},
+		Audience:    a.JWT.Audience,
+		AgentsClaim: a.JWT.AgentsClaim,
+		Revoked:     files.revoked,
+	})
+	if keys != nil {
+		v = v.WithKeySource(keys, a.JWT.Issuer)
+	}
+	return v, pem, nil
 }
 
 func parseAllow(flag string, patterns []string) (*allow.List, error) {
@@ -307,6 +453,7 @@ func (c *ProxyCmd) Run(e *Env) error {
 		Pprof:           c.Admin.Pprof,
 		Metrics:         metrics.New(),
 		ShutdownTimeout: c.ShutdownTimeout,
+		WatchAuth:       cs.files.watch(e.Log.With("component", "auth")),
 		Reload: clientSideReload(e,
 			[]reloadTLS{{"agent-server", agentFiles}, {"http-proxy", cs.serverTLS}, {"http-connector", cs.connectorTLS}},
 			cs, c.Auth, c.HTTPProxy.HostWhitelist,
@@ -415,6 +562,7 @@ func (c *ProxyCmd) resetKey() (*quic.StatelessResetKey, error) {
 // they may go, the TLS of the client port, and the TLS used to forward.
 type clientSide struct {
 	auth                    auth.Authenticator
+	files                   authFiles
 	publicKey               []byte     // of auth, with --auth.type=jwt
 	jwks                    *auth.JWKS // of auth, with --auth.jwt.jwks-url; run by run
 	allow                   *allow.List
@@ -422,13 +570,23 @@ type clientSide struct {
 }
 
 func newClientSide(e *Env, a AuthVerifier, whitelist []string, serverTLS HTTPProxyTLS, connectorTLS ConnectorTLS) (cs clientSide, err error) {
+	if err := a.checkFlags(); err != nil {
+		return cs, err
+	}
+	if cs.files, err = a.openFiles(); err != nil {
+		return cs, err
+	}
 	if cs.jwks, err = a.jwks(e); err != nil {
 		return cs, err
 	}
-	if cs.auth, cs.publicKey, err = a.authenticator(cs.jwks); err != nil {
+	if cs.auth, cs.publicKey, err = a.authenticator(cs.files, cs.jwks); err != nil {
 		return cs, err
 	}
 	cs.logJWKS(e, a)
+	if cs.files.clients != nil {
+		e.Log.Info("clients file: clients authenticate with NAME:SECRET, a client certificate naming a client, or a client JWT (with --auth.type=jwt); noauth applies to agents only",
+			"file", cs.files.clients.Path(), "clients", cs.files.clients.Set().Len())
+	}
 	if cs.allow, err = parseAllow("http-proxy.host-whitelist", whitelist); err != nil {
 		return cs, err
 	}

@@ -15,7 +15,7 @@ import (
 // other flag whose new value differs is logged as needing a restart and
 // keeps its old value.
 var (
-	clientSideReloadable = []string{"log.level", "http-proxy.host-whitelist", "auth.jwt.public-key", "auth.jwt.audience"}
+	clientSideReloadable = []string{"log.level", "http-proxy.host-whitelist", "auth.jwt.public-key", "auth.jwt.audience", "auth.jwt.agents-claim"}
 	agentReloadable      = []string{"log.level", "agent-client.host-whitelist"}
 )
 
@@ -130,10 +130,20 @@ func clientSideReload(e *Env, tls []reloadTLS, cs clientSide, running AuthVerifi
 		if u.Allow, err = parseAllow("http-proxy.host-whitelist", list); err != nil {
 			return nil, err
 		}
+		if err := a.checkFlags(); err != nil {
+			return nil, err
+		}
 		a.Type = running.Type // restart to apply
 		a = a.keepJWKS(running)
+		// The auth files are re-read; their paths need a restart.
+		a.Clients.File, a.JWT.Revoked = running.Clients.File, running.JWT.Revoked
+		filesChanged, applyFiles, err := cs.files.check()
+		if err != nil {
+			return nil, err
+		}
+		u.Changed = append(u.Changed, filesChanged...)
 		var key []byte
-		if u.Auth, key, err = a.authenticator(cs.jwks); err != nil {
+		if u.Auth, key, err = a.authenticator(cs.files, cs.jwks); err != nil {
 			return nil, err
 		}
 		if !slices.Equal(list, whitelist) {
@@ -145,7 +155,10 @@ func clientSideReload(e *Env, tls []reloadTLS, cs clientSide, running AuthVerifi
 		if a.JWT.Audience != cur.JWT.Audience {
 			u.Changed = append(u.Changed, "--auth.jwt.audience")
 		}
-		then(u, func() { cur, curKey, whitelist = a, key, list })
+		if a.JWT.AgentsClaim != cur.JWT.AgentsClaim {
+			u.Changed = append(u.Changed, "--auth.jwt.agents-claim")
+		}
+		then(u, func() { applyFiles(); cur, curKey, whitelist = a, key, list })
 		return u, nil
 	}
 }

@@ -2,10 +2,12 @@ package cli
 
 import (
 	"crypto"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"time"
 
+	"github.com/reverse-http/reverse-http/internal/allow"
 	"github.com/reverse-http/reverse-http/internal/auth"
 	"github.com/reverse-http/reverse-http/internal/tlsconf"
 )
@@ -19,6 +21,54 @@ type AuthCmd struct {
 	JWT struct {
 		Token AuthJWTTokenCmd `cmd:"" name:"token" help:"Sign a token."`
 	} `cmd:"" name:"jwt" help:"JWT tools."`
+	Client struct {
+		Add    AuthClientAddCmd    `cmd:"" name:"add" help:"Add a client with a new random secret to a clients file (--auth.clients.file) and print NAME:SECRET, its password, once."`
+		Remove AuthClientRemoveCmd `cmd:"" name:"remove" help:"Remove a client from a clients file; a proxy watching it refuses the client and closes its tunnels within a second."`
+	} `cmd:"" name:"client" help:"Clients file tools."`
+}
+
+// AuthClientAddCmd is `reverse-http auth client add`.
+type AuthClientAddCmd struct {
+	File         string        `required:"" placeholder:"FILE" help:"The clients file; created (mode 0600) if missing."`
+	Agents       []string      `required:"" placeholder:"PATTERNS" help:"Agents the client may use: agent IDs, or patterns with '*' ('*' for all); comma-separated or repeated."`
+	Destinations []string      `placeholder:"PATTERNS" help:"Destinations the client may reach, as allowlist patterns (comma-separated or repeated); empty: every destination the node allows."`
+	Expires      time.Duration `placeholder:"DURATION" help:"The client expires this long from now (0: never)."`
+	Name         string        `arg:"" help:"The client's name: 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit."`
+}
+
+func (c *AuthClientAddCmd) Run(e *Env) error {
+	if c.Expires < 0 {
+		return fmt.Errorf("--expires: must not be negative, got %s", c.Expires)
+	}
+	spec := auth.ClientSpec{Name: c.Name, Agents: c.Agents, Destinations: c.Destinations}
+	if _, err := auth.ParseAgentPatterns(c.Agents); err != nil {
+		return fmt.Errorf("--agents: %w", err)
+	}
+	if _, err := allow.Parse(c.Destinations); err != nil {
+		return fmt.Errorf("--destinations: %w", err)
+	}
+	if c.Expires > 0 {
+		spec.Expires = time.Now().Add(c.Expires)
+	}
+	secret, err := auth.AddClient(c.File, spec)
+	if err != nil {
+		return fmt.Errorf("--file: %w", err)
+	}
+	fmt.Fprintln(e.Stdout, c.Name+":"+secret)
+	return nil
+}
+
+// AuthClientRemoveCmd is `reverse-http auth client remove`.
+type AuthClientRemoveCmd struct {
+	File string `required:"" placeholder:"FILE" help:"The clients file."`
+	Name string `arg:"" help:"The client's name."`
+}
+
+func (c *AuthClientRemoveCmd) Run(e *Env) error {
+	if err := auth.RemoveClient(c.File, c.Name); err != nil {
+		return fmt.Errorf("--file: %w", err)
+	}
+	return nil
 }
 
 // AuthKeyPrivateCmd is `reverse-http auth key private`.
@@ -71,12 +121,13 @@ func readPrivateKey(name string, e *Env) (crypto.Signer, error) {
 
 // AuthJWTTokenCmd is `reverse-http auth jwt token`.
 type AuthJWTTokenCmd struct {
-	AgentID  string        `name:"agent-id" required:"" help:"The agent ID the token is for."`
-	Role     string        `enum:"client,agent" default:"client" help:"Who uses the token. One of: [client, agent]."`
-	Audience string        `help:"Audience (aud) to put in the token."`
-	Duration time.Duration `default:"24h" help:"How long the token is valid."`
-	In       string        `name:"in" short:"i" default:"auth-key-private.pem" placeholder:"FILE" help:"The private key; '-' for stdin."`
-	Out      string        `name:"out" short:"o" default:"jwt.b64" placeholder:"FILE" help:"Where to write the token; '-' for stdout."`
+	AgentID      []string      `name:"agent-id" required:"" sep:"none" placeholder:"ID" help:"The agent ID the token is for. A client token may name several (repeat it) and patterns with '*'."`
+	Destinations []string      `placeholder:"PATTERNS" help:"Client tokens: destinations the client may reach, as allowlist patterns (comma-separated or repeated); empty: every destination the proxy allows."`
+	Role         string        `enum:"client,agent" default:"client" help:"Who uses the token. One of: [client, agent]."`
+	Audience     string        `help:"Audience (aud) to put in the token."`
+	Duration     time.Duration `default:"24h" help:"How long the token is valid."`
+	In           string        `name:"in" short:"i" default:"auth-key-private.pem" placeholder:"FILE" help:"The private key; '-' for stdin."`
+	Out          string        `name:"out" short:"o" default:"jwt.b64" placeholder:"FILE" help:"Where to write the token; '-' for stdout."`
 }
 
 func (c *AuthJWTTokenCmd) Run(e *Env) error {
@@ -87,7 +138,14 @@ func (c *AuthJWTTokenCmd) Run(e *Env) error {
 	if err != nil {
 		return err
 	}
-	token, err := auth.Sign(key, auth.TokenOptions{AgentID: c.AgentID, Role: c.Role, Audience: c.Audience, Duration: c.Duration})
+	if len(c.Destinations) > 0 && c.Role != auth.RoleClient {
+		return errors.New("--destinations: only client tokens (--role client) have them")
+	}
+	if _, err := allow.Parse(c.Destinations); err != nil {
+		return fmt.Errorf("--destinations: %w", err)
+	}
+	token, err := auth.Sign(key, auth.TokenOptions{Agents: c.AgentID, Role: c.Role, Audience: c.Audience, Duration: c.Duration,
+		Destinations: c.Destinations})
 	if err != nil {
 		return fmt.Errorf("--agent-id: %w", err)
 	}

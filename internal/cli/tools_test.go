@@ -123,18 +123,17 @@ func TestAuthRoundTrip(t *testing.T) {
 			default:
 				t.Errorf("aud = %v, want aud (payload %s)", claims["aud"], payload)
 			}
-			for _, k := range []string{"iss", "sub", "nbf", "jti"} {
+			for _, k := range []string{"iss", "sub", "nbf", "iat"} {
 				if _, ok := claims[k]; ok {
-					t.Errorf("claim %s in %s: want compact claims (agent_id, role, iat, exp, aud)", k, payload)
+					t.Errorf("claim %s in %s: want compact claims (agent_id, role, exp, jti, aud)", k, payload)
 				}
 			}
-			iat, _ := claims["iat"].(float64)
-			exp, _ := claims["exp"].(float64)
-			if int64(iat) < before || int64(iat) > time.Now().Unix()+1 {
-				t.Errorf("iat = %v, want about now (payload %s)", claims["iat"], payload)
+			if jti, _ := claims["jti"].(string); len(jti) != 11 {
+				t.Errorf("jti = %v, want 8 random bytes, base64url (payload %s)", claims["jti"], payload)
 			}
-			if exp != iat+3600 {
-				t.Errorf("exp = %v; want iat+1h = %v (payload %s)", exp, iat+3600, payload)
+			exp, _ := claims["exp"].(float64)
+			if int64(exp) < before+3600 || int64(exp) > time.Now().Unix()+3601 {
+				t.Errorf("exp = %v; want 1h from now (payload %s)", exp, payload)
 			}
 
 			wantAlg := algo
@@ -354,6 +353,72 @@ func TestCertsAgentID(t *testing.T) {
 		}
 		if _, err := os.Stat(empty); err == nil {
 			t.Errorf("--agent-id %q: wrote %s before refusing", bad, empty)
+		}
+	}
+}
+
+// TestAuthClientFile: `auth client add` creates the file, appends a
+// client and prints NAME:SECRET once; bad names, patterns and durations
+// are refused naming the flag; `auth client remove` removes one.
+func TestAuthClientFile(t *testing.T) {
+	dir := isolate(t)
+	file := filepath.Join(dir, "clients.yaml")
+	r := mustRun(t, "auth", "client", "add", "--file", file, "--agents", "4711,site-*", "--destinations", "*.internal:443", "--expires", "24h", "ci")
+	name, secret, ok := strings.Cut(strings.TrimSpace(r.stdout), ":")
+	if !ok || name != "ci" || len(secret) != 32 {
+		t.Fatalf("stdout %q, want ci:SECRET", r.stdout)
+	}
+	mustRun(t, "auth", "client", "add", "--file", file, "--agents", "*", "ops")
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(data), secret) || !strings.Contains(string(data), "secret_hash: $2a$") || !strings.Contains(string(data), "expires:") {
+		t.Errorf("file holds the secret or no bcrypt hash:\n%s", data)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"add", "--file", file, "--agents", "*", "ci"}, "exists"},
+		{[]string{"add", "--file", file, "--agents", "a:b", "x"}, "--agents"},
+		{[]string{"add", "--file", file, "--agents", "*", "--destinations", "*.x:0", "x"}, "--destinations"},
+		{[]string{"add", "--file", file, "--agents", "*", "--expires=-1h", "x"}, "--expires"},
+		{[]string{"add", "--file", file, "--agents", "*", "bad name"}, "name"},
+		{[]string{"remove", "--file", file, "nobody"}, "no client"},
+	} {
+		r := runCmd(t, "", waitTimeout, append([]string{"auth", "client"}, tc.args...)...)
+		if r.code == 0 || !strings.Contains(r.stderr, tc.want) {
+			t.Errorf("%q: exit %d, stderr %q; want an error with %q", tc.args, r.code, r.stderr, tc.want)
+		}
+	}
+	mustRun(t, "auth", "client", "remove", "--file", file, "ci")
+	if data, _ := os.ReadFile(file); strings.Contains(string(data), "name: ci") || !strings.Contains(string(data), "name: ops") {
+		t.Errorf("after remove:\n%s", data)
+	}
+}
+
+// TestAuthTokenPolicy: --agent-id repeated and --destinations make a
+// client token with a list of agents and a destinations claim.
+func TestAuthTokenPolicy(t *testing.T) {
+	isolate(t)
+	f := newFiles(t)
+	r := mustRun(t, "auth", "jwt", "token", "-i", f.authPrivate, "-o", "-", "--agent-id", "4711", "--agent-id", "site-*", "--destinations", "*.internal:443,10.0.0.0/8")
+	claims := parseClaims(t, r.stdout)
+	if got, _ := json.Marshal(claims["agent_id"]); string(got) != `["4711","site-*"]` {
+		t.Errorf("agent_id %s", got)
+	}
+	if got, _ := json.Marshal(claims["destinations"]); string(got) != `["*.internal:443","10.0.0.0/8"]` {
+		t.Errorf("destinations %s", got)
+	}
+	for _, args := range [][]string{
+		{"--agent-id", "1", "--agent-id", "2", "--role", "agent"},
+		{"--agent-id", "1", "--role", "agent", "--destinations", "a:1"},
+		{"--agent-id", "1", "--destinations", "a:0"},
+	} {
+		r := runCmd(t, "", waitTimeout, append([]string{"auth", "jwt", "token", "-i", f.authPrivate, "-o", "-"}, args...)...)
+		if r.code == 0 {
+			t.Errorf("%q exited 0", args)
 		}
 	}
 }

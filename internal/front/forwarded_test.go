@@ -59,3 +59,51 @@ func FuzzCheckForwarded(f *testing.F) {
 		}
 	})
 }
+
+// TestForwardedFor: a v2 header vouches for the client name it was signed
+// for, for this agent and destination, and only with the cluster key; a
+// v1 header vouches for nobody.
+func TestForwardedFor(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	good := SignForwardedFor(testKey, "4711", "db:5432", "ci team", now)
+	if name, err := checkForwardedFor(testKey, good, "4711", "db:5432", now); err != nil || name != "ci team" {
+		t.Fatalf("signed for ci team: %q, %v", name, err)
+	}
+	if name, err := checkForwardedFor(testKey, SignForwarded(testKey, "4711", "db:5432", now), "4711", "db:5432", now); err != nil || name != "" {
+		t.Errorf("v1: %q, %v; want proof for nobody", name, err)
+	}
+	if v := SignForwardedFor(testKey, "4711", "db:5432", "", now); !strings.HasPrefix(v, "rhf1 ") {
+		t.Errorf("no name: %q, want v1", v)
+	}
+	f := strings.Fields(good)
+	forged := f[0] + " " + f[1] + " b3Bz " + f[3] // "ops" with ci's MAC
+	for _, tc := range []struct {
+		name, value, agent, dest string
+		key                      []byte
+		at                       time.Time
+	}{
+		{"other name", forged, "4711", "db:5432", testKey, now},
+		{"other agent", good, "4712", "db:5432", testKey, now},
+		{"other destination", good, "4711", "db:1", testKey, now},
+		{"no key here", good, "4711", "db:5432", nil, now},
+		{"old", good, "4711", "db:5432", testKey, now.Add(time.Minute)},
+		{"bad name encoding", f[0] + " " + f[1] + " !! " + f[3], "4711", "db:5432", testKey, now},
+	} {
+		if name, err := checkForwardedFor(tc.key, tc.value, tc.agent, tc.dest, tc.at); err == nil {
+			t.Errorf("%s: accepted for %q", tc.name, name)
+		}
+	}
+}
+
+func FuzzCheckForwardedFor(f *testing.F) {
+	now := time.Unix(1_800_000_000, 0)
+	good := SignForwardedFor(testKey, "4711", "db:5432", "ci", now)
+	f.Add(good)
+	f.Add("rhf2 1800000000000 Y2k " + strings.Repeat("a", 64))
+	f.Fuzz(func(t *testing.T, v string) {
+		name, err := checkForwardedFor(testKey, v, "4711", "db:5432", now)
+		if err == nil && name != "" && strings.Join(strings.Fields(v), " ") != good {
+			t.Fatalf("%q accepted for %q", v, name)
+		}
+	})
+}

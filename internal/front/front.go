@@ -36,6 +36,17 @@ type clientKey struct{}
 type client struct {
 	proxyAuth string
 	forwarded bool
+	// certName is the client's name when its TLS client certificate
+	// authenticated it: a forwarding node vouches for it (see
+	// SignForwardedFor), since there is no password to forward.
+	certName string
+}
+
+// CertClient returns the name of the clients-file client whose request
+// ctx belongs to when its certificate authenticated it, else "".
+func CertClient(ctx context.Context) string {
+	c, _ := ctx.Value(clientKey{}).(client)
+	return c.certName
 }
 
 // ProxyAuthorization returns the Proxy-Authorization header of the client
@@ -241,40 +252,44 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r = h2AbsoluteForm(r)
 	target, err := destination(r)
 	if err != nil {
-		h.fail(w, r, start, "", target, http.StatusBadRequest, err.Error())
+		h.fail(w, r, start, "", nil, target, http.StatusBadRequest, err.Error())
 		return
 	}
-	agentID, err := h.authenticate(r)
+	agentID, id, err := h.authenticate(r, target)
 	if err != nil {
 		w.Header().Set("Proxy-Authenticate", `Basic realm="reverse-http"`)
-		h.fail(w, r, start, agentID, target, http.StatusProxyAuthRequired, err.Error())
+		h.fail(w, r, start, agentID, nil, target, http.StatusProxyAuthRequired, err.Error())
 		return
 	}
-	r = r.WithContext(context.WithValue(r.Context(), clientKey{}, client{
+	cl := client{
 		proxyAuth: r.Header.Get("Proxy-Authorization"),
 		forwarded: r.Header.Get(ForwardedHeader) != "",
-	}))
+	}
+	if id.Kind == auth.KindCert {
+		cl.certName = id.Name
+	}
+	r = r.WithContext(context.WithValue(r.Context(), clientKey{}, cl))
 	host, port, _ := wire.SplitHostPort(target)
-	if !h.allowList.Load().Allowed(host, port) {
-		h.fail(w, r, start, agentID, target, http.StatusForbidden, "destination "+target+" is not allowed by the proxy's allowlist")
+	if reason := h.destinationDenied(id, host, port, target); reason != "" {
+		h.fail(w, r, start, agentID, id, target, http.StatusForbidden, reason)
 		return
 	}
 	release := func() {}
 	if h.clients != nil && !h.countedElsewhere(r, agentID, target) {
 		addr := clientAddr(r.RemoteAddr)
 		if !h.clients.acquire(addr) {
-			h.fail(w, r, start, agentID, target, http.StatusTooManyRequests, fmt.Sprintf(
+			h.fail(w, r, start, agentID, id, target, http.StatusTooManyRequests, fmt.Sprintf(
 				"client %s has %d tunnels and requests open, its limit (--limits.tunnels-per-client)", addr, h.cfg.MaxTunnelsPerClient))
 			return
 		}
 		release = func() { h.clients.release(addr) }
 	}
 	if r.Method == http.MethodConnect {
-		h.connect(w, r, agentID, target, release)
+		h.connect(w, r, agentID, id, target, release)
 		return
 	}
 	defer release()
-	h.forward(w, r, agentID, target)
+	h.forward(w, r, agentID, id, target)
 }
 
 // countedElsewhere reports whether r was forwarded by another node that
@@ -285,7 +300,7 @@ func (h *Handler) countedElsewhere(r *http.Request, agentID, target string) bool
 	if v == "" {
 		return false
 	}
-	err := checkForwarded(h.cfg.ClusterKey, v, agentID, target, time.Now())
+	_, err := checkForwardedFor(h.cfg.ClusterKey, v, agentID, target, time.Now())
 	switch {
 	case err == nil:
 		return true
@@ -326,38 +341,74 @@ func destination(r *http.Request) (string, error) {
 	return target, nil
 }
 
-func (h *Handler) authenticate(r *http.Request) (string, error) {
+func (h *Handler) authenticate(r *http.Request, target string) (string, *auth.Identity, error) {
+	certName := ""
+	if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 && len(r.TLS.VerifiedChains[0]) > 0 {
+		// --http-proxy.tls.file.client-ca verified it (and its CRL).
+		certName = r.TLS.VerifiedChains[0][0].Subject.CommonName
+	}
+	if v := r.Header.Get(ForwardedHeader); v != "" && certName == "" && len(h.cfg.ClusterKey) > 0 {
+		// A cluster member that authenticated the client by its
+		// certificate vouches for its name.
+		if user, _, err := auth.ParseBasic(r.Header.Get("Proxy-Authorization")); err == nil {
+			if name, err := checkForwardedFor(h.cfg.ClusterKey, v, user, target, time.Now()); err == nil {
+				certName = name
+			}
+		}
+	}
 	hdr := r.Header.Get("Proxy-Authorization")
 	if hdr == "" {
-		return "", errors.New("proxy authentication required: user = agent ID, password = token or noauth")
+		if certName != "" {
+			// A certificate may stand for a client of the clients
+			// file; the agent ID still comes from a user name.
+			return "", nil, errors.New("proxy authentication required: user = agent ID (the client certificate stands for the password when the clients file names its CN)")
+		}
+		return "", nil, errors.New("proxy authentication required: user = agent ID, password = token or noauth")
 	}
 	user, pass, err := auth.ParseBasic(hdr)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
-	if err := h.authorize(user, pass); err != nil {
-		return user, err
+	id, err := h.authorize(auth.Credentials{User: user, Password: pass, CertName: certName})
+	if err != nil {
+		return user, nil, err
 	}
-	return user, nil
+	return user, id, nil
 }
 
 // authorize checks a client's credentials, user = agent ID and password =
-// noauth or a client token, for both fronts (HTTP Basic and SOCKS5
-// username/password). Errors wrap auth.ErrUnauthorized.
-func (h *Handler) authorize(user, password string) error {
-	return (*h.authn.Load()).Client(user, password)
+// noauth, a client token or NAME:SECRET (or a client certificate), for
+// every front (HTTP Basic on HTTP/1.1 and HTTP/2, SOCKS5
+// username/password), and returns who the client is. Errors wrap
+// auth.ErrUnauthorized.
+func (h *Handler) authorize(c auth.Credentials) (*auth.Identity, error) {
+	return (*h.authn.Load()).Client(c)
+}
+
+// destinationDenied says why a client may not reach host:port, or "":
+// the node's allowlist and the client's own destinations (from the
+// clients file or its token) must both allow it. The agent's allowlist
+// applies after them, on the agent.
+func (h *Handler) destinationDenied(id *auth.Identity, host string, port int, target string) string {
+	if !h.allowList.Load().Allowed(host, port) {
+		return "destination " + target + " is not allowed by the proxy's allowlist"
+	}
+	if !id.AllowedDestination(host, port) {
+		return "destination " + target + " is not among the destinations of " + id.String()
+	}
+	return ""
 }
 
 // fail answers with a status and a one-line plain-text reason, and logs it.
-func (h *Handler) fail(w http.ResponseWriter, r *http.Request, start time.Time, agentID, target string, status int, reason string) {
+func (h *Handler) fail(w http.ResponseWriter, r *http.Request, start time.Time, agentID string, id *auth.Identity, target string, status int, reason string) {
 	kind := "forward"
 	if r.Method == http.MethodConnect {
 		kind = "connect"
 	}
 	h.cfg.Metrics.Request(kind, status)
-	h.log.Info("request refused", "agent", clip(agentID), "client", r.RemoteAddr, "method", r.Method, "proto", r.Proto,
+	h.log.Info("request refused", "agent", clip(agentID), "client", r.RemoteAddr, "identity", id.String(), "method", r.Method, "proto", r.Proto,
 		"destination", clip(target), "status", status, "reason", reason)
-	h.cfg.Audit.Record(audit.Entry{Agent: agentID, Client: r.RemoteAddr, Method: r.Method, Destination: target,
+	h.cfg.Audit.Record(audit.Entry{Agent: agentID, Client: r.RemoteAddr, Identity: id.String(), Method: r.Method, Destination: target,
 		Status: status, Outcome: wire.Outcome(status), Reason: reason, Duration: time.Since(start)})
 	// Bytes pipelined behind a refused CONNECT are not a request, and a
 	// client that failed to authenticate or sent garbage is not kept. Not
@@ -395,7 +446,7 @@ func writeError(w http.ResponseWriter, status int, reason string, closeConn bool
 
 // connect serves a CONNECT; release is called once the tunnel has ended
 // or failed to open.
-func (h *Handler) connect(w http.ResponseWriter, r *http.Request, agentID, target string, release func()) {
+func (h *Handler) connect(w http.ResponseWriter, r *http.Request, agentID string, id *auth.Identity, target string, release func()) {
 	start := time.Now()
 	// Not r.Context(): net/http cancels it when the client half-closes
 	// right behind its CONNECT, which is legitimate. The dial timeout
@@ -408,13 +459,14 @@ func (h *Handler) connect(w http.ResponseWriter, r *http.Request, agentID, targe
 	cancel()
 	if err != nil {
 		release()
-		h.fail(w, r, start, agentID, target, wire.Status(err), err.Error())
+		h.fail(w, r, start, agentID, id, target, wire.Status(err), err.Error())
 		return
 	}
 	h.cfg.Metrics.Opened(time.Since(start))
 	h.cfg.Metrics.Request("connect", http.StatusOK)
+	h.cfg.Metrics.ClientTunnel(id.MetricLabel())
 	if r.ProtoMajor == 2 {
-		h.connectH2(w, r, agentID, target, start, relay.AsConn(tunnel), release)
+		h.connectH2(w, r, agentID, id, target, start, relay.AsConn(tunnel), release)
 		return
 	}
 	rc := http.NewResponseController(w)
@@ -423,7 +475,7 @@ func (h *Handler) connect(w http.ResponseWriter, r *http.Request, agentID, targe
 	if err != nil {
 		tunnel.Close()
 		release()
-		h.fail(w, r, start, agentID, target, http.StatusInternalServerError, "cannot take over the connection: "+err.Error())
+		h.fail(w, r, start, agentID, id, target, http.StatusInternalServerError, "cannot take over the connection: "+err.Error())
 		return
 	}
 	conn.SetDeadline(time.Time{})
@@ -432,14 +484,14 @@ func (h *Handler) connect(w http.ResponseWriter, r *http.Request, agentID, targe
 		conn.Close()
 		release()
 		h.cfg.Metrics.Closed(0, 0)
-		h.logTunnel(agentID, r.RemoteAddr, target, r.Proto, start, relay.Result{Err: fmt.Errorf("client gone: %w", err)})
+		h.logTunnel(agentID, id, r.RemoteAddr, target, r.Proto, start, relay.Result{Err: fmt.Errorf("client gone: %w", err)})
 		return
 	}
 	// The relay runs in goroutines of its own and this one, whose stack
 	// grew deep in net/http and the dial, ends. Nothing of the request is
 	// kept: an open tunnel costs its two connections and two small stacks.
 	var rt atomic.Pointer[relay.Tunnel]
-	o := relayOpen(Tunnel{Agent: agentID, Client: r.RemoteAddr, Destination: target, Method: http.MethodConnect, Since: start}, &rt)
+	o := relayOpen(Tunnel{Agent: agentID, Client: r.RemoteAddr, Identity: id.String(), Destination: target, Method: http.MethodConnect, Since: start}, id, &rt)
 	h.open.add(o)
 	h.open.running.Add(1)
 	clientAddr, proto := r.RemoteAddr, r.Proto
@@ -448,22 +500,23 @@ func (h *Handler) connect(w http.ResponseWriter, r *http.Request, agentID, targe
 		h.open.remove(o)
 		release()
 		h.cfg.Metrics.Closed(res.AToB, res.BToA)
-		h.logTunnel(agentID, clientAddr, target, proto, start, res)
+		h.logTunnel(agentID, id, clientAddr, target, proto, start, res)
 	}))
+	h.watch(o)
 }
 
 // logTunnel logs and audits the end of a CONNECT tunnel; proto is its
 // request's (HTTP/1.1, HTTP/2.0).
-func (h *Handler) logTunnel(agentID, client, target, proto string, start time.Time, res relay.Result) {
+func (h *Handler) logTunnel(agentID string, id *auth.Identity, client, target, proto string, start time.Time, res relay.Result) {
 	const method = http.MethodConnect
 	outcome := "ok"
 	if res.Err != nil {
 		outcome = res.Err.Error()
 	}
-	h.log.Info("tunnel closed", "agent", agentID, "client", client, "method", method, "proto", proto, "destination", target,
+	h.log.Info("tunnel closed", "agent", agentID, "client", client, "identity", id.String(), "method", method, "proto", proto, "destination", target,
 		"bytes_up", res.AToB, "bytes_down", res.BToA,
 		"duration", time.Since(start).Round(time.Millisecond).String(), "outcome", outcome)
-	e := audit.Entry{Agent: agentID, Client: client, Method: method, Destination: target,
+	e := audit.Entry{Agent: agentID, Client: client, Identity: id.String(), Method: method, Destination: target,
 		Status: http.StatusOK, Outcome: wire.OutcomeOK, BytesUp: res.AToB, BytesDown: res.BToA, Duration: time.Since(start)}
 	if res.Err != nil {
 		e.Reason = res.Err.Error()
@@ -474,7 +527,7 @@ func (h *Handler) logTunnel(agentID, client, target, proto string, start time.Ti
 // forward serves an absolute-form request through the agent, reusing
 // tunnels as keep-alive connections to the origin. A request upgraded to
 // another protocol (101, a WebSocket) is relayed until either side ends.
-func (h *Handler) forward(w http.ResponseWriter, r *http.Request, agentID, target string) {
+func (h *Handler) forward(w http.ResponseWriter, r *http.Request, agentID string, id *auth.Identity, target string) {
 	start := time.Now()
 	if len(r.TransferEncoding) > 0 {
 		// net/http has dropped a Content-Length sent along with it (RFC
@@ -495,20 +548,23 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, agentID, targe
 		defer body.finish()
 	}
 	o := &open{
-		info:  Tunnel{Agent: agentID, Client: r.RemoteAddr, Destination: target, Method: r.Method, Since: start},
+		info:  Tunnel{Agent: agentID, Client: r.RemoteAddr, Identity: id.String(), Destination: target, Method: r.Method, Since: start},
+		id:    id,
 		bytes: sw.bytes,
 	}
 	if c, _ := r.Context().Value(watchKey{}).(*watchConn); c != nil {
 		inner := c.Conn
-		o.abort = func() { inner.Close() }
+		o.abort = func(error) { inner.Close() }
 	} else if c, _ := r.Context().Value(h2ConnKey{}).(net.Conn); c != nil {
-		o.abort = func() { c.Close() } // the whole HTTP/2 connection, at the deadline
+		o.abort = func(error) { c.Close() } // the whole HTTP/2 connection, at the deadline or on revocation
 	}
+	h.cfg.Metrics.ClientTunnel(id.MetricLabel())
 	h.open.add(o)
+	h.watch(o)
 	defer h.open.remove(o)
 	defer func() {
 		up, down := sw.bytes()
-		attrs := []any{"agent", agentID, "client", r.RemoteAddr, "method", r.Method, "proto", r.Proto,
+		attrs := []any{"agent", agentID, "client", r.RemoteAddr, "identity", id.String(), "method", r.Method, "proto", r.Proto,
 			"url", r.URL.Redacted(), "status", sw.status, "bytes_up", up, "bytes_down", down,
 			"duration", time.Since(start).Round(time.Millisecond).String()}
 		if sw.reason != "" {
@@ -530,7 +586,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, agentID, targe
 		if sw.reason != "" {
 			proxyStatus = sw.status
 		}
-		h.cfg.Audit.Record(audit.Entry{Agent: agentID, Client: r.RemoteAddr, Method: r.Method, Destination: target,
+		h.cfg.Audit.Record(audit.Entry{Agent: agentID, Client: r.RemoteAddr, Identity: id.String(), Method: r.Method, Destination: target,
 			Status: sw.status, Outcome: wire.Outcome(proxyStatus), Reason: sw.reason,
 			BytesUp: up, BytesDown: down, Duration: time.Since(start)})
 	}()

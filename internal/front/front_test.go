@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/reverse-http/reverse-http/internal/allow"
 	"github.com/reverse-http/reverse-http/internal/auth"
@@ -134,4 +135,36 @@ func FuzzServeHTTP(f *testing.F) {
 			t.Fatalf("body %q for %q: want one line", body, raw)
 		}
 	})
+}
+
+// TestClientDestinations: a client's own destinations (here a token's)
+// and the node's allowlist must both allow a destination; the reason
+// names which refused it.
+func TestClientDestinations(t *testing.T) {
+	key, err := auth.GenerateKey("ES256")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := auth.Sign(key, auth.TokenOptions{AgentID: "4711", Role: auth.RoleClient, Duration: time.Hour,
+		Destinations: []string{"*.internal:443"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	list, _ := allow.Parse([]string{"db.internal:443,www.example:443"})
+	srv := proxy.New(proxy.Config{Auth: auth.NoAuth()}, log)
+	h := front.New(front.Config{Auth: auth.JWT(auth.NewVerifier(key.Public(), "")), Allow: list, Dialer: srv}, log)
+	for _, c := range []struct {
+		dest, why string
+		status    int
+	}{
+		{"db.internal:443", "not connected", 503},                              // both allow: on to the agent
+		{"www.example:443", "is not among the destinations of jwt:jti:", 403},  // the token does not
+		{"cache.internal:443", "is not allowed by the proxy's allowlist", 403}, // the node does not
+	} {
+		w := serve(t, h, "CONNECT "+c.dest+" HTTP/1.1\r\nHost: "+c.dest+"\r\nProxy-Authorization: "+basic("4711", tok)+"\r\n\r\n")
+		if w.Code != c.status || !strings.Contains(w.Body.String(), c.why) {
+			t.Errorf("%s: %d %q, want %d %q", c.dest, w.Code, w.Body.String(), c.status, c.why)
+		}
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/reverse-http/reverse-http/internal/auth"
 	"github.com/reverse-http/reverse-http/internal/relay"
 )
 
@@ -108,14 +109,14 @@ func (s *h2Stream) Abort() {
 // connectH2 serves a CONNECT over HTTP/2 once the tunnel is open: it
 // relays until both directions have ended and returns, which ends the
 // stream, or panics with http.ErrAbortHandler, which resets it.
-func (h *Handler) connectH2(w http.ResponseWriter, r *http.Request, agentID, target string, start time.Time, tunnel relay.Conn, release func()) {
+func (h *Handler) connectH2(w http.ResponseWriter, r *http.Request, agentID string, id *auth.Identity, target string, start time.Time, tunnel relay.Conn, release func()) {
 	rc := http.NewResponseController(w)
 	w.WriteHeader(http.StatusOK)
 	if err := rc.Flush(); err != nil {
 		tunnel.Abort()
 		release()
 		h.cfg.Metrics.Closed(0, 0)
-		h.logTunnel(agentID, r.RemoteAddr, target, r.Proto, start, relay.Result{Err: fmt.Errorf("client gone: %w", err)})
+		h.logTunnel(agentID, id, r.RemoteAddr, target, r.Proto, start, relay.Result{Err: fmt.Errorf("client gone: %w", err)})
 		panic(http.ErrAbortHandler)
 	}
 	s := &h2Stream{body: r.Body, w: w, rc: rc}
@@ -124,16 +125,17 @@ func (h *Handler) connectH2(w http.ResponseWriter, r *http.Request, agentID, tar
 		rt   atomic.Pointer[relay.Tunnel]
 		done = make(chan relay.Result, 1)
 	)
-	o := relayOpen(Tunnel{Agent: agentID, Client: r.RemoteAddr, Destination: target, Method: http.MethodConnect, Since: start}, &rt)
+	o := relayOpen(Tunnel{Agent: agentID, Client: r.RemoteAddr, Identity: id.String(), Destination: target, Method: http.MethodConnect, Since: start}, id, &rt)
 	h.open.add(o)
 	rt.Store(relay.StartIdle(s, tunnel, h.idle, func(res relay.Result) { done <- res }))
+	h.watch(o)
 	// The handler's goroutine waits: the ResponseWriter must not outlive
 	// it, and net/http ends the stream when it returns.
 	res := <-done
 	h.open.remove(o)
 	release()
 	h.cfg.Metrics.Closed(res.AToB, res.BToA)
-	h.logTunnel(agentID, r.RemoteAddr, target, r.Proto, start, res)
+	h.logTunnel(agentID, id, r.RemoteAddr, target, r.Proto, start, res)
 	if res.Err != nil && !s.wroteEOF.Load() {
 		panic(http.ErrAbortHandler) // RST_STREAM, never a clean end
 	}

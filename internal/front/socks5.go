@@ -155,6 +155,7 @@ type socksRequest struct {
 	client string
 	start  time.Time
 	agent  string
+	id     *auth.Identity // once authenticated
 	method string
 	target string
 }
@@ -190,12 +191,14 @@ func (s *SOCKS5) handshake(c net.Conn) bool {
 		return false
 	}
 	r.agent = user
-	if err := s.h.authorize(user, pass); err != nil {
+	id, err := s.h.authorize(auth.Credentials{User: user, Password: pass})
+	if err != nil {
 		// RFC 1929: a status other than 0, then the connection closes.
 		socks5.WriteAuthStatus(c, false)
 		s.refuse(r, http.StatusProxyAuthRequired, -1, err.Error())
 		return false
 	}
+	r.id = id
 	if err := socks5.WriteAuthStatus(c, true); err != nil {
 		return false
 	}
@@ -219,8 +222,8 @@ func (s *SOCKS5) handshake(c net.Conn) bool {
 		s.refuse(r, http.StatusBadRequest, int(socks5.GeneralFailure), err.Error())
 		return false
 	}
-	if !s.h.allowList.Load().Allowed(host, port) {
-		s.refuse(r, http.StatusForbidden, int(socks5.NotAllowed), "destination "+r.target+" is not allowed by the proxy's allowlist")
+	if reason := s.h.destinationDenied(id, host, port, r.target); reason != "" {
+		s.refuse(r, http.StatusForbidden, int(socks5.NotAllowed), reason)
 		return false
 	}
 	release := func() {}
@@ -251,6 +254,7 @@ func (s *SOCKS5) handshake(c net.Conn) bool {
 	}
 	s.h.cfg.Metrics.Opened(time.Since(r.start))
 	s.h.cfg.Metrics.Request(SOCKS5Kind, http.StatusOK)
+	s.h.cfg.Metrics.ClientTunnel(id.MetricLabel())
 	if err := socks5.WriteReply(c, socks5.Succeeded); err != nil {
 		tunnel.Close()
 		release()
@@ -259,7 +263,7 @@ func (s *SOCKS5) handshake(c net.Conn) bool {
 		return false
 	}
 	var rt atomic.Pointer[relay.Tunnel]
-	o := relayOpen(Tunnel{Agent: user, Client: r.client, Destination: r.target, Method: SOCKS5Method, Since: r.start}, &rt)
+	o := relayOpen(Tunnel{Agent: user, Client: r.client, Identity: r.id.String(), Destination: r.target, Method: SOCKS5Method, Since: r.start}, r.id, &rt)
 	s.h.open.add(o)
 	s.h.open.running.Add(1)
 	rt.Store(relay.StartIdle(relay.NewTCP(c, br), relay.AsConn(tunnel), s.h.idle, func(res relay.Result) {
@@ -269,6 +273,7 @@ func (s *SOCKS5) handshake(c net.Conn) bool {
 		s.h.cfg.Metrics.Closed(res.AToB, res.BToA)
 		s.logTunnel(r, res)
 	}))
+	s.h.watch(o)
 	return true
 }
 
@@ -329,7 +334,7 @@ func (s *SOCKS5) readFailed(r *socksRequest, what string, err error, timeout tim
 // the refusal as the HTTP front does a status; status is the HTTP status
 // the HTTP front would have answered.
 func (s *SOCKS5) refuse(r *socksRequest, status int, rep int, reason string) {
-	attrs := []any{"agent", clip(r.agent), "client", r.client, "method", r.method,
+	attrs := []any{"agent", clip(r.agent), "client", r.client, "identity", r.id.String(), "method", r.method,
 		"destination", clip(r.target), "status", status}
 	if rep >= 0 {
 		socks5.WriteReply(r.c, socks5.Reply(rep))
@@ -337,7 +342,7 @@ func (s *SOCKS5) refuse(r *socksRequest, status int, rep int, reason string) {
 	}
 	s.h.cfg.Metrics.Request(SOCKS5Kind, status)
 	s.log.Info("request refused", append(attrs, "reason", reason)...)
-	s.h.cfg.Audit.Record(audit.Entry{Agent: r.agent, Client: r.client, Method: r.method, Destination: r.target,
+	s.h.cfg.Audit.Record(audit.Entry{Agent: r.agent, Client: r.client, Identity: r.id.String(), Method: r.method, Destination: r.target,
 		Status: status, Outcome: wire.Outcome(status), Reason: reason, Duration: time.Since(r.start)})
 }
 
@@ -347,10 +352,10 @@ func (s *SOCKS5) logTunnel(r *socksRequest, res relay.Result) {
 	if res.Err != nil {
 		outcome = res.Err.Error()
 	}
-	s.log.Info("tunnel closed", "agent", r.agent, "client", r.client, "method", SOCKS5Method, "destination", r.target,
+	s.log.Info("tunnel closed", "agent", r.agent, "client", r.client, "identity", r.id.String(), "method", SOCKS5Method, "destination", r.target,
 		"bytes_up", res.AToB, "bytes_down", res.BToA,
 		"duration", time.Since(r.start).Round(time.Millisecond).String(), "outcome", outcome)
-	e := audit.Entry{Agent: r.agent, Client: r.client, Method: SOCKS5Method, Destination: r.target,
+	e := audit.Entry{Agent: r.agent, Client: r.client, Identity: r.id.String(), Method: SOCKS5Method, Destination: r.target,
 		Status: http.StatusOK, Outcome: wire.OutcomeOK, BytesUp: res.AToB, BytesDown: res.BToA, Duration: time.Since(r.start)}
 	if res.Err != nil {
 		e.Reason = res.Err.Error()

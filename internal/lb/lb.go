@@ -186,7 +186,7 @@ func (f *Forwarder) connect(ctx context.Context, addr, agentID, hostport string)
 	defer stop()
 
 	req := "CONNECT " + hostport + " HTTP/1.1\r\nHost: " + hostport + "\r\n" +
-		front.ForwardedHeader + ": " + front.SignForwarded(f.ClusterKey, agentID, hostport, time.Now()) + "\r\n"
+		front.ForwardedHeader + ": " + front.SignForwardedFor(f.ClusterKey, agentID, hostport, front.CertClient(ctx), time.Now()) + "\r\n"
 	if auth := front.ProxyAuthorization(ctx); auth != "" {
 		req += "Proxy-Authorization: " + auth + "\r\n"
 	}

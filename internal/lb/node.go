@@ -58,6 +58,11 @@ type NodeConfig struct {
 	// update's allowlist and authenticator replace the client front's
 	// (see package reload). Nil: SIGHUP is not handled.
 	Reload reload.Load
+	// WatchAuth, if not nil, watches the auth files (clients file,
+	// revocation list) until its context ends and calls changed after
+	// it put a new one in force: the client front then ends the tunnels
+	// of clients that no longer hold.
+	WatchAuth func(ctx context.Context, changed func()) error
 }
 
 // Node is the lb role: the client front, forwarding every tunnel to the
@@ -182,7 +187,21 @@ func (n *Node) Run(ctx context.Context) error {
 			return reload.Watch(ctx, n.log, n.cfg.Reload, func(u *reload.Update) {
 				n.front.SetAllow(u.Allow)
 				n.front.SetAuth(u.Auth)
+				// Once u.Apply put the re-read auth files in force,
+				// end the tunnels of clients that no longer hold.
+				prev := u.Apply
+				u.Apply = func() {
+					if prev != nil {
+						prev()
+					}
+					n.front.Revalidate()
+				}
 			})
+		})
+	}
+	if n.cfg.WatchAuth != nil {
+		parts = append(parts, func(ctx context.Context) error {
+			return n.cfg.WatchAuth(ctx, func() { n.front.Revalidate() })
 		})
 	}
 	n.serving.Store(true)

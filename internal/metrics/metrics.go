@@ -30,6 +30,10 @@ type Metrics struct {
 	StoreErrors      *prometheus.CounterVec // op, as StoreOps
 	BuildInfo        *prometheus.GaugeVec   // version, commit, go_version; always 1
 	AuditDrops       prometheus.Counter     // audit lines dropped: the audit log's buffer was full
+	// ClientTunnels counts opened tunnels and requests by client: the
+	// client's name in the clients file, or auth.OtherClient. Bounded by
+	// the names the file has held since start.
+	ClientTunnels *prometheus.CounterVec
 }
 
 // Build information for the build-info gauge; the command line sets it
@@ -80,13 +84,16 @@ func New() *Metrics {
 		BuildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "reverse_http_build_info", Help: "Always 1; the labels say which build runs.",
 		}, []string{"version", "commit", "go_version"}),
+		ClientTunnels: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "reverse_http_client_tunnels_total", Help: "Client tunnels and absolute-form requests opened, by client: its name in --auth.clients.file, or \"other\" for every other client (noauth, JWT, a certificate not in the file). Only names from the file, so the label set is bounded by it.",
+		}, []string{"client"}),
 		AuditDrops: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "reverse_http_audit_dropped_total", Help: "Audit log lines dropped because the audit log's buffer was full (--audit.file written too slowly).",
 		}),
 	}
 	m.BuildInfo.WithLabelValues(Version, Commit, runtime.Version()).Set(1)
 	r.MustRegister(m.AgentsConnected, m.AgentsTransport, m.AgentConnections, m.TunnelsOpen, m.Tunnels, m.TunnelBytes, m.TunnelOpen,
-		m.TunnelsForwarded, m.StoreOps, m.StoreErrors, m.BuildInfo, m.AuditDrops)
+		m.TunnelsForwarded, m.StoreOps, m.StoreErrors, m.BuildInfo, m.AuditDrops, m.ClientTunnels)
 	return m
 }
 
@@ -150,6 +157,17 @@ func (m *Metrics) Bytes(up, down int64) {
 	if m != nil {
 		m.TunnelBytes.WithLabelValues("up").Add(float64(up))
 		m.TunnelBytes.WithLabelValues("down").Add(float64(down))
+	}
+}
+
+// ClientTunnel counts a tunnel or request opened by client, a label from
+// auth.Identity.Metric ("" counts as "other").
+func (m *Metrics) ClientTunnel(client string) {
+	if m != nil {
+		if client == "" {
+			client = "other"
+		}
+		m.ClientTunnels.WithLabelValues(client).Inc()
 	}
 }
 

@@ -60,6 +60,11 @@ type NodeConfig struct {
 	// the agent server's (see package reload). Nil: SIGHUP is not
 	// handled.
 	Reload reload.Load
+	// WatchAuth, if not nil, watches the auth files (clients file,
+	// revocation list) until its context ends and calls changed after
+	// it put a new one in force: the client front then ends the tunnels
+	// of clients that no longer hold.
+	WatchAuth func(ctx context.Context, changed func()) error
 }
 
 // ClusterConfig is a proxy's part in an HA cluster.
@@ -310,6 +315,11 @@ func (n *Node) Run(ctx context.Context) error {
 			return reload.Watch(ctx, n.log, n.cfg.Reload, n.apply)
 		})
 	}
+	if n.cfg.WatchAuth != nil {
+		parts = append(parts, func(ctx context.Context) error {
+			return n.cfg.WatchAuth(ctx, func() { n.front.Revalidate() })
+		})
+	}
 	n.serving.Store(true)
 	// The audit log's writer stops last, once the front has drained and
 	// recorded the tunnels it closed.
@@ -324,6 +334,20 @@ func (n *Node) apply(u *reload.Update) {
 	n.front.SetAllow(u.Allow)
 	n.front.SetAuth(u.Auth)
 	n.agents.SetAuth(u.Auth)
+	revalidateAfter(u, n.front)
+}
+
+// revalidateAfter makes u, once applied in full (its Apply puts the
+// re-read auth files in force), end the tunnels of clients that no
+// longer hold.
+func revalidateAfter(u *reload.Update, f *front.Handler) {
+	prev := u.Apply
+	u.Apply = func() {
+		if prev != nil {
+			prev()
+		}
+		f.Revalidate()
+	}
 }
 
 // SelfAddress is the address a proxy whose client listener was asked for
