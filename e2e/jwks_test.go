@@ -284,3 +284,53 @@ func TestJWKS(t *testing.T) {
 	})
 	mustGetHelloAuth(t, p, "4711", strings.TrimSpace(string(local)), web)
 }
+
+// TestJWKSGroupsClaim: with --auth.jwt.agents-claim=groups, a provider's
+// client token says which agents it may use in a groups-style list of
+// patterns (no agent_id at all), and its destinations claim limits where
+// it may go: the proxy lets it reach agent 4711 and its allowed origin,
+// and refuses another agent (407) and another destination (403).
+func TestJWKSGroupsClaim(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	localPriv := filepath.Join(dir, "priv.pem")
+	localPub := filepath.Join(dir, "pub.pem")
+	runTool(t, "auth", "key", "private", "-o", localPriv)
+	runTool(t, "auth", "key", "public", "-i", localPriv, "-o", localPub)
+	provider := startIDP(t)
+	k1 := newECKey(t)
+	provider.publish(t, map[string]crypto.Signer{"k1": k1})
+
+	web := startHTTPOrigin(t, false)
+	other := startHTTPOrigin(t, false)
+	p := startProxy(t, "--auth.type=jwt", "--auth.jwt.public-key="+localPub, "--auth.jwt.agents-claim=groups",
+		"--auth.jwt.jwks-url="+provider.jwksURL(), "--auth.jwt.issuer="+provider.issuer)
+	p.waitLog(t, startTimeout, 1, "JWKS keys loaded", "url", provider.jwksURL(), "kids", "[k1]")
+	agentFile := filepath.Join(dir, "agent.jwt")
+	runTool(t, "auth", "jwt", "token", "--agent-id", "4711", "--role", "agent", "-i", localPriv, "-o", agentFile)
+	startAgentArgs(t, p, "4711", append(agentArgs(p), "--auth.type=jwt", "--auth.jwt.token=file:"+agentFile)...)
+
+	now := time.Now()
+	tok := jwt.NewWithClaims(jwt.SigningMethodES256, jwt.MapClaims{
+		"groups": []string{"47*", "edge-*"}, "destinations": []string{web.addr}, "role": "client",
+		"iss": provider.issuer, "sub": "alice", "exp": now.Add(time.Hour).Unix(),
+	})
+	tok.Header["kid"] = "k1"
+	client, err := tok.SignedString(k1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	status := func(agent, url string) string {
+		out, _ := curl(t, "--proxy", "http://"+p.httpAddr, "--proxy-user", agent+":"+client, "-o", "/dev/null", "-w", "%{http_code}", url)
+		return out
+	}
+	if got := status("4711", web.url("/hello")); got != "200" {
+		t.Errorf("agent 4711 (groups 47*), allowed destination: %s, want 200", got)
+	}
+	if got := status("9999", web.url("/hello")); got != "407" {
+		t.Errorf("agent 9999 (not in groups): %s, want 407", got)
+	}
+	if got := status("4711", other.url("/hello")); got != "403" {
+		t.Errorf("agent 4711, destination outside the token's: %s, want 403", got)
+	}
+}
