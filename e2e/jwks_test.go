@@ -116,6 +116,15 @@ func idpToken(t *testing.T, key crypto.Signer, kid, iss, agentID, role string) s
 	return s
 }
 
+// localKeys writes the proxy's own key pair into dir, as `auth key` does.
+func localKeys(t *testing.T, dir string) (priv, pub string) {
+	t.Helper()
+	priv, pub = filepath.Join(dir, "priv.pem"), filepath.Join(dir, "pub.pem")
+	runTool(t, "auth", "key", "private", "-o", priv)
+	runTool(t, "auth", "key", "public", "-i", priv, "-o", pub)
+	return priv, pub
+}
+
 func newECKey(t *testing.T) crypto.Signer {
 	t.Helper()
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -135,10 +144,7 @@ func newECKey(t *testing.T) crypto.Signer {
 func TestJWKS(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	localPriv := filepath.Join(dir, "priv.pem")
-	localPub := filepath.Join(dir, "pub.pem")
-	runTool(t, "auth", "key", "private", "-o", localPriv)
-	runTool(t, "auth", "key", "public", "-i", localPriv, "-o", localPub)
+	localPriv, localPub := localKeys(t, dir)
 
 	provider := startIDP(t)
 	k1 := newECKey(t)
@@ -293,10 +299,7 @@ func TestJWKS(t *testing.T) {
 func TestJWKSGroupsClaim(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	localPriv := filepath.Join(dir, "priv.pem")
-	localPub := filepath.Join(dir, "pub.pem")
-	runTool(t, "auth", "key", "private", "-o", localPriv)
-	runTool(t, "auth", "key", "public", "-i", localPriv, "-o", localPub)
+	localPriv, localPub := localKeys(t, dir)
 	provider := startIDP(t)
 	k1 := newECKey(t)
 	provider.publish(t, map[string]crypto.Signer{"k1": k1})
