@@ -479,7 +479,12 @@ func (h *Handler) connect(w http.ResponseWriter, r *http.Request, agentID string
 		return
 	}
 	conn.SetDeadline(time.Time{})
+	// Listed before the client hears it is open.
+	var rt atomic.Pointer[relay.Tunnel]
+	o := relayOpen(Tunnel{Agent: agentID, Client: r.RemoteAddr, Identity: id.String(), Destination: target, Method: http.MethodConnect, Since: start}, id, &rt)
+	h.open.add(o)
 	if _, err := conn.Write([]byte("HTTP/1.1 200 Connection established\r\n\r\n")); err != nil {
+		h.open.remove(o)
 		tunnel.Close()
 		conn.Close()
 		release()
@@ -490,9 +495,6 @@ func (h *Handler) connect(w http.ResponseWriter, r *http.Request, agentID string
 	// The relay runs in goroutines of its own and this one, whose stack
 	// grew deep in net/http and the dial, ends. Nothing of the request is
 	// kept: an open tunnel costs its two connections and two small stacks.
-	var rt atomic.Pointer[relay.Tunnel]
-	o := relayOpen(Tunnel{Agent: agentID, Client: r.RemoteAddr, Identity: id.String(), Destination: target, Method: http.MethodConnect, Since: start}, id, &rt)
-	h.open.add(o)
 	h.open.running.Add(1)
 	clientAddr, proto := r.RemoteAddr, r.Proto
 	rt.Store(relay.StartIdle(relay.NewTCP(conn, brw.Reader), relay.AsConn(tunnel), h.idle, func(res relay.Result) {

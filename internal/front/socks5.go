@@ -255,16 +255,18 @@ func (s *SOCKS5) handshake(c net.Conn) bool {
 	s.h.cfg.Metrics.Opened(time.Since(r.start))
 	s.h.cfg.Metrics.Request(SOCKS5Kind, http.StatusOK)
 	s.h.cfg.Metrics.ClientTunnel(id.MetricLabel())
+	// Listed before the client hears it is open, as the HTTP front's are.
+	var rt atomic.Pointer[relay.Tunnel]
+	o := relayOpen(Tunnel{Agent: user, Client: r.client, Identity: r.id.String(), Destination: r.target, Method: SOCKS5Method, Since: r.start}, r.id, &rt)
+	s.h.open.add(o)
 	if err := socks5.WriteReply(c, socks5.Succeeded); err != nil {
+		s.h.open.remove(o)
 		tunnel.Close()
 		release()
 		s.h.cfg.Metrics.Closed(0, 0)
 		s.logTunnel(r, relay.Result{Err: fmt.Errorf("client gone: %w", err)})
 		return false
 	}
-	var rt atomic.Pointer[relay.Tunnel]
-	o := relayOpen(Tunnel{Agent: user, Client: r.client, Identity: r.id.String(), Destination: r.target, Method: SOCKS5Method, Since: r.start}, r.id, &rt)
-	s.h.open.add(o)
 	s.h.open.running.Add(1)
 	rt.Store(relay.StartIdle(relay.NewTCP(c, br), relay.AsConn(tunnel), s.h.idle, func(res relay.Result) {
 		defer s.h.open.running.Add(-1)
