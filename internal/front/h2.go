@@ -111,8 +111,16 @@ func (s *h2Stream) Abort() {
 // stream, or panics with http.ErrAbortHandler, which resets it.
 func (h *Handler) connectH2(w http.ResponseWriter, r *http.Request, agentID string, id *auth.Identity, target string, start time.Time, tunnel relay.Conn, release func()) {
 	rc := http.NewResponseController(w)
+	var (
+		rt   atomic.Pointer[relay.Tunnel]
+		done = make(chan relay.Result, 1)
+	)
+	// Listed before the client hears it is open.
+	o := relayOpen(Tunnel{Agent: agentID, Client: r.RemoteAddr, Identity: id.String(), Destination: target, Method: http.MethodConnect, Since: start}, id, &rt)
+	h.open.add(o)
 	w.WriteHeader(http.StatusOK)
 	if err := rc.Flush(); err != nil {
+		h.open.remove(o)
 		tunnel.Abort()
 		release()
 		h.cfg.Metrics.Closed(0, 0)
@@ -121,12 +129,6 @@ func (h *Handler) connectH2(w http.ResponseWriter, r *http.Request, agentID stri
 	}
 	s := &h2Stream{body: r.Body, w: w, rc: rc}
 	s.BodyReader = relay.NewBodyReader(readerFunc(s.readBody))
-	var (
-		rt   atomic.Pointer[relay.Tunnel]
-		done = make(chan relay.Result, 1)
-	)
-	o := relayOpen(Tunnel{Agent: agentID, Client: r.RemoteAddr, Identity: id.String(), Destination: target, Method: http.MethodConnect, Since: start}, id, &rt)
-	h.open.add(o)
 	rt.Store(relay.StartIdle(s, tunnel, h.idle, func(res relay.Result) { done <- res }))
 	h.watch(o)
 	// The handler's goroutine waits: the ResponseWriter must not outlive
