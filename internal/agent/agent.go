@@ -157,6 +157,10 @@ func (c *Config) setDefaults() {
 	}
 }
 
+// quicFallbackAfter is how many QUIC attempts in a row that got answers
+// but failed make an agent in TransportAuto try TCP.
+const quicFallbackAfter = 3
+
 // Values of Config.TransportMode.
 const (
 	TransportAuto = "auto"
@@ -173,6 +177,9 @@ type Agent struct {
 	// udpBlocked: in TransportAuto, the last QUIC attempt failed, so
 	// connections start with TCP until a QUIC probe succeeds.
 	udpBlocked atomic.Bool
+	// quicFailures counts QUIC attempts in a row that failed with an
+	// answer from the proxy (see dialProxy).
+	quicFailures atomic.Int32
 	// allowList is Config.Allow, or what SetAllow put in its place.
 	allowList atomic.Pointer[allow.List]
 }
@@ -554,10 +561,10 @@ func clipReason(s string) string {
 }
 
 // dialProxy connects to the proxy the way TransportMode says. In
-// TransportAuto it tries QUIC, then TCP when QUIC does not connect (no
-// answer within HandshakeTimeout, or any other failure below the
-// authentication); after such a fallback it starts with TCP, and a QUIC
-// probe (see connect) moves it back.
+// TransportAuto it tries QUIC, then TCP when QUIC does not connect: at
+// once when no packet came back within HandshakeTimeout (UDP blocked),
+// after quicFallbackAfter failures in a row otherwise. After a fallback
+// it starts with TCP, and a QUIC probe (see connect) moves it back.
 func (a *Agent) dialProxy(ctx context.Context) (transport.Conn, error) {
 	switch a.cfg.TransportMode {
 	case TransportQUIC:
@@ -573,7 +580,20 @@ func (a *Agent) dialProxy(ctx context.Context) (transport.Conn, error) {
 	}
 	conn, err := first(ctx)
 	if err == nil || ctx.Err() != nil {
+		if firstName == transport.QUIC {
+			a.quicFailures.Store(0)
+		}
 		return conn, err
+	}
+	if firstName == transport.QUIC {
+		// No answer at all is UDP blocked: TCP at once. A handshake that
+		// got answers but failed (a proxy too busy to finish it in
+		// time, during a reconnection storm) is QUIC's to retry, until
+		// it failed quicFallbackAfter times in a row.
+		var na *noAnswerError
+		if n := a.quicFailures.Add(1); !errors.As(err, &na) && n < quicFallbackAfter {
+			return nil, err
+		}
 	}
 	a.log.Warn("could not connect to the proxy over "+firstName+": trying "+secondName,
 		"server", a.addrOf(firstName), "error", err)

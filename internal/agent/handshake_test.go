@@ -9,6 +9,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -132,5 +133,68 @@ func TestHandshakeAnsweredIsNotNoAnswer(t *testing.T) {
 	var na *noAnswerError
 	if err == nil || errors.As(err, &na) {
 		t.Fatalf("session: %v, want a TLS failure, not a no-answer error", err)
+	}
+}
+
+// TestAutoFallback: in TransportAuto, a QUIC attempt that got no answer
+// (UDP blocked) goes to TCP at once; one the proxy answered but that
+// failed (a busy proxy) goes to TCP only after quicFallbackAfter such
+// failures in a row.
+func TestAutoFallback(t *testing.T) {
+	tcp, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tcp.Close()
+	var tcpDials atomic.Int32
+	go func() {
+		for {
+			c, err := tcp.Accept()
+			if err != nil {
+				return
+			}
+			tcpDials.Add(1)
+			c.Close() // no TLS: the TCP attempt fails too
+		}
+	}()
+	newAgent := func(server string) *Agent {
+		return New(Config{
+			ServerAddr: server, TCPServerAddr: tcp.Addr().String(),
+			TLS:              &tls.Config{ServerName: "localhost"},
+			Credential:       func() (string, error) { return "4711", nil },
+			HandshakeTimeout: 300 * time.Millisecond,
+		}, slog.New(slog.NewTextHandler(&lockedBuffer{}, nil)))
+	}
+
+	a := newAgent(blackHole(t))
+	if _, err := a.dialProxy(context.Background()); err == nil {
+		t.Fatal("dial succeeded")
+	}
+	if n := tcpDials.Load(); n != 1 {
+		t.Fatalf("no answer over UDP: %d TCP attempts, want 1 at once", n)
+	}
+
+	cert, _, err := tlsconf.SelfSigned([]string{"localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := quic.ListenAddr("127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{wire.ALPN}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	a = newAgent(ln.Addr().String())
+	tcpDials.Store(0)
+	for i := 1; i <= quicFallbackAfter; i++ {
+		if _, err := a.dialProxy(context.Background()); err == nil {
+			t.Fatal("dial succeeded")
+		}
+		want := int32(0)
+		if i == quicFallbackAfter {
+			want = 1
+		}
+		if n := tcpDials.Load(); n != want {
+			t.Fatalf("answered QUIC failure %d: %d TCP attempts, want %d", i, n, want)
+		}
 	}
 }
