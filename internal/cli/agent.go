@@ -19,7 +19,7 @@ import (
 type AgentCmd struct {
 	AgentClient struct {
 		ServerAddress     string        `default:"localhost:4242" help:"The proxy's agent server (host:port; QUIC on UDP, and the TCP fallback on the same port unless --agent-client.tcp-server-address)."`
-		Transport         string        `enum:"auto,quic,tcp" default:"auto" placeholder:"auto|quic|tcp" help:"How to reach the proxy: quic, tcp (TLS on TCP, for networks that block UDP), or auto: QUIC, falling back to TCP when QUIC does not connect within --agent-client.handshake-timeout, and back to QUIC when it connects again."`
+		Transport         string        `enum:"auto,quic,tcp" default:"auto" placeholder:"auto|quic|tcp" help:"How to reach the proxy: quic, tcp (TLS on TCP, for networks that block UDP), or auto: QUIC, falling back to TCP when QUIC gets no answer within --agent-client.handshake-timeout (or fails 3 times in a row), and back to QUIC when it connects again."`
 		TCPServerAddress  string        `name:"tcp-server-address" placeholder:"HOST:PORT" help:"The proxy's agent server over TCP, when not at --agent-client.server-address (e.g. port 443 behind a TCP load balancer)."`
 		QUICProbeInterval time.Duration `name:"quic-probe-interval" default:"3m" help:"With --agent-client.transport=auto, after falling back to TCP: how often to try QUIC again."`
 		HostWhitelist     []string      `placeholder:"PATTERNS" help:"Destinations this agent may dial (comma-separated or repeated). Empty allows all."`
