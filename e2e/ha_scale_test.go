@@ -498,6 +498,19 @@ func TestHARoutesHoldAtScale(t *testing.T) {
 		}
 		return nil
 	}); err != nil {
+		// Say which agents, and what the proxy logged of them.
+		routes := routesOf(t, mc.addr, ids)
+		for _, id := range ids {
+			if _, ok := routes[id]; ok {
+				continue
+			}
+			t.Errorf("no route for %s; the proxy logged of it:", id)
+			for _, l := range strings.Split(p.log.String(), "\n") {
+				if strings.Contains(l, "agent="+id+" ") {
+					t.Errorf("  %s", l)
+				}
+			}
+		}
 		t.Fatal(err)
 	}
 	t.Logf("%d agents connected in %s; all routes written", n, took.Round(time.Millisecond))
