@@ -270,16 +270,21 @@ func (a *Agent) startSession(ctx context.Context, wg *sync.WaitGroup, conn trans
 	wg.Go(func() {
 		up, err := a.session(ctx, conn, ls.retire, func(tr string) { ls.up <- tr },
 			func() { once.Do(func() { close(ls.moved) }) })
-		select {
-		case <-ls.moved:
+		if closed(ls.moved) || closed(ls.retire) {
 			a.log.Info("the connection this agent moved from has ended", "connected_for", up.Round(time.Millisecond).String(), "cause", err)
-		case <-ls.retire:
-			a.log.Info("the connection this agent moved from has ended", "connected_for", up.Round(time.Millisecond).String(), "cause", err)
-		default:
 		}
 		ls.done <- sessionEnd{up, err}
 	})
 	return ls
+}
+
+func closed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
 }
 
 // connect connects, serves tunnels and reconnects until ctx ends.
@@ -449,30 +454,8 @@ func (a *Agent) session(ctx context.Context, conn transport.Conn, retire <-chan 
 			return
 		case <-ctx.Done():
 		case <-retire:
-			// The proxy may still send a tunnel or two here until it has
-			// seen the new connection: close once none was open for a
-			// while.
-			const quiet = 500 * time.Millisecond
-			tick := time.NewTicker(20 * time.Millisecond)
-			defer tick.Stop()
-			last, since := accepted.Load(), time.Now()
-			for {
-				select {
-				case <-conn.Context().Done():
-					return
-				case <-ctx.Done():
-				case <-tick.C:
-					if n := accepted.Load(); n != last || open.Load() > 0 {
-						last, since = n, time.Now()
-						continue
-					}
-					if time.Since(since) < quiet {
-						continue
-					}
-					conn.CloseWithError(wire.CodeNoError, "agent moved to a new connection")
-					return
-				}
-				break
+			if closeWhenQuiet(ctx, conn, &open, &accepted) {
+				return
 			}
 		}
 		draining.Store(true)
@@ -530,6 +513,32 @@ func (a *Agent) session(ctx context.Context, conn transport.Conn, retire <-chan 
 				wg.Done()
 			})
 		}()
+	}
+}
+
+// closeWhenQuiet closes the connection of a retired session once no
+// tunnel was open on it, and none accepted, for half a second: the proxy
+// may still send a tunnel or two until it has seen the new connection. It
+// reports false if ctx ended first (the session then drains).
+func closeWhenQuiet(ctx context.Context, conn transport.Conn, open, accepted *atomic.Int64) bool {
+	const quiet = 500 * time.Millisecond
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	last, since := accepted.Load(), time.Now()
+	for {
+		select {
+		case <-conn.Context().Done():
+			return true
+		case <-ctx.Done():
+			return false
+		case <-tick.C:
+		}
+		if n := accepted.Load(); n != last || open.Load() > 0 {
+			last, since = n, time.Now()
+		} else if time.Since(since) >= quiet {
+			conn.CloseWithError(wire.CodeNoError, "agent moved to a new connection")
+			return true
+		}
 	}
 }
 
@@ -612,12 +621,18 @@ func (a *Agent) addrOf(tr string) string {
 	return a.cfg.ServerAddr
 }
 
+// tlsConfig is the client TLS configuration with alpn and TLS 1.3.
+func (a *Agent) tlsConfig(alpn string) *tls.Config {
+	c := a.cfg.TLS.Clone()
+	c.NextProtos = []string{alpn}
+	c.MinVersion = tls.VersionTLS13
+	return c
+}
+
 // dialQUIC connects over QUIC from a new UDP socket, or through
 // Config.Transport.
 func (a *Agent) dialQUIC(ctx context.Context) (transport.Conn, error) {
-	tlsConf := a.cfg.TLS.Clone()
-	tlsConf.NextProtos = []string{wire.ALPN}
-	tlsConf.MinVersion = tls.VersionTLS13
+	tlsConf := a.tlsConfig(wire.ALPN)
 	conf := &quic.Config{
 		KeepAlivePeriod:       a.cfg.KeepAlive,
 		MaxIdleTimeout:        a.cfg.IdleTimeout,
@@ -663,9 +678,7 @@ func (a *Agent) dialTCP(ctx context.Context) (transport.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s over TCP: %w", addr, err)
 	}
-	tlsConf := a.cfg.TLS.Clone()
-	tlsConf.NextProtos = []string{transport.ALPNTCP}
-	tlsConf.MinVersion = tls.VersionTLS13
+	tlsConf := a.tlsConfig(transport.ALPNTCP)
 	if tlsConf.ServerName == "" {
 		if host, _, err := net.SplitHostPort(addr); err == nil {
 			tlsConf.ServerName = host
