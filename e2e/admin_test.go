@@ -84,8 +84,11 @@ func TestAdminEndpoints(t *testing.T) {
 		agents[0]["bytes_up"] != 100.0 || agents[0]["bytes_down"] != 100.0 {
 		t.Errorf("/agents: %s", body)
 	}
-	if _, err := time.Parse(time.RFC3339, agents[0]["connected_at"].(string)); err != nil {
-		t.Errorf("connected_at: %v", err)
+	if at, err := time.Parse(time.RFC3339, agents[0]["connected_at"].(string)); err != nil || time.Since(at) > time.Minute {
+		t.Errorf("connected_at %v (%v): want when the agent connected", agents[0]["connected_at"], err)
+	}
+	if agents[0]["transport"] != "quic" {
+		t.Errorf("/agents transport %v, want quic", agents[0]["transport"])
 	}
 	for _, addr := range []string{pa, aa} {
 		var tunnels []map[string]any

@@ -142,6 +142,9 @@ func testRebind(t *testing.T, ips []netip.Addr) {
 		"--agent-client.host-whitelist="+web.addr)
 	pa := metricsAddr(t, p.process)
 	before := adminAgent(t, pa, id)
+	if before.ConnectedAt.IsZero() || time.Since(before.ConnectedAt) > time.Minute {
+		t.Fatalf("/agents connected_at %s, want when the agent connected", before.ConnectedAt)
+	}
 	if want := relay.upstreams()[0].addr.String(); before.RemoteAddr != want {
 		t.Fatalf("/agents remote_addr %s, want the relay's upstream %s", before.RemoteAddr, want)
 	}

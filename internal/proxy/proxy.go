@@ -743,7 +743,8 @@ func (s *Server) AgentInfos() []AgentInfo {
 	out := make([]AgentInfo, len(all))
 	for i, a := range all {
 		out[i] = AgentInfo{
-			ID: a.id, RemoteAddr: a.conn.RemoteAddr().String(), // current: QUIC follows a NAT rebinding ConnectedAt: a.since.UTC(),
+			// The current address: QUIC follows a NAT rebinding.
+			ID: a.id, RemoteAddr: a.conn.RemoteAddr().String(), ConnectedAt: a.since.UTC(),
 			TunnelsOpen: a.tunnels.Load(), TunnelsTotal: a.total.Load(),
 			BytesUp: a.bytesUp.Load(), BytesDown: a.bytesDown.Load(),
 			RTTMillis: float64(a.conn.RTT().Microseconds()) / 1000,
