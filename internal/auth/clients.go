@@ -244,14 +244,17 @@ func (f *ClientsFile) Check() (apply func(), err error) {
 	if err != nil {
 		return nil, err
 	}
-	if sha256.Sum256(data) == f.cur.Load().sum {
+	// Applied only over what was read against: the file watcher and a
+	// reload both check, and an older read must not replace a newer one.
+	old := f.cur.Load()
+	if sha256.Sum256(data) == old.sum {
 		return nil, nil
 	}
 	s, err := ParseClients(data)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", f.path, err)
 	}
-	return func() { f.cur.Store(s) }, nil
+	return func() { f.cur.CompareAndSwap(old, s) }, nil
 }
 
 // FailFloor is the least time a refused NAME:SECRET takes to be refused,

@@ -414,8 +414,8 @@ func FuzzAgentPattern(f *testing.F) {
 }
 
 // TestFailFloor: an unknown name (no hashing) and a wrong secret (a bcrypt
-// check) are both refused no sooner than FailFloor, with the same reason;
-// a repeated wrong secret is answered from the cache without hashing.
+// check, then the cache) are both refused no sooner than FailFloor, with
+// the same reason; the right secret is accepted.
 func TestFailFloor(t *testing.T) {
 	setFailFloor(t, 150*time.Millisecond)
 	path := filepath.Join(t.TempDir(), "clients.yaml")
@@ -435,8 +435,7 @@ func TestFailFloor(t *testing.T) {
 			t.Errorf("%s: %v", pw, err)
 		}
 	}
-	start := time.Now()
-	if _, err := a.Client(Credentials{User: "1", Password: "ci:s3cret"}); err != nil || time.Since(start) >= FailFloor {
-		t.Errorf("right secret: %v after %s, want no floor", err, time.Since(start))
+	if _, err := a.Client(Credentials{User: "1", Password: "ci:s3cret"}); err != nil {
+		t.Errorf("right secret: %v", err)
 	}
 }

@@ -41,6 +41,9 @@ func (c *AuthClientAddCmd) Run(e *Env) error {
 		return fmt.Errorf("--expires: must not be negative, got %s", c.Expires)
 	}
 	spec := auth.ClientSpec{Name: c.Name, Agents: c.Agents, Destinations: c.Destinations}
+	if err := auth.CheckClientName(c.Name); err != nil {
+		return fmt.Errorf("NAME: %w", err)
+	}
 	if _, err := auth.ParseAgentPatterns(c.Agents); err != nil {
 		return fmt.Errorf("--agents: %w", err)
 	}

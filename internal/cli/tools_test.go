@@ -384,7 +384,7 @@ func TestAuthClientFile(t *testing.T) {
 		{[]string{"add", "--file", file, "--agents", "a:b", "x"}, "--agents"},
 		{[]string{"add", "--file", file, "--agents", "*", "--destinations", "*.x:0", "x"}, "--destinations"},
 		{[]string{"add", "--file", file, "--agents", "*", "--expires=-1h", "x"}, "--expires"},
-		{[]string{"add", "--file", file, "--agents", "*", "bad name"}, "name"},
+		{[]string{"add", "--file", file, "--agents", "*", "bad name"}, "NAME: character ' ' at 3"},
 		{[]string{"remove", "--file", file, "nobody"}, "no client"},
 	} {
 		r := runCmd(t, "", waitTimeout, append([]string{"auth", "client"}, tc.args...)...)
