@@ -458,7 +458,6 @@ func TestH2Drain(t *testing.T) {
 	if _, err := io.ReadFull(resp.Body, make([]byte, 4)); err != nil {
 		t.Fatal(err)
 	}
-	start := time.Now()
 	stop()
 	if _, err := io.ReadAll(resp.Body); err == nil {
 		t.Error("the tunnel ended cleanly at the shutdown deadline")
@@ -470,9 +469,6 @@ func TestH2Drain(t *testing.T) {
 		}
 	case <-time.After(wait):
 		t.Fatal("Run did not return")
-	}
-	if took := time.Since(start); took > 3*time.Second {
-		t.Errorf("Run took %s with a 300ms timeout", took)
 	}
 	logs.waitLog(t, `msg="tunnel closed"`, "proto=HTTP/2.0", "shutdown deadline")
 	if n := h.OpenTunnels(); n != 0 {

@@ -127,10 +127,10 @@ func (s *SOCKS5) serveConn(c net.Conn) {
 	s.mu.Lock()
 	s.handshaking[c] = struct{}{}
 	s.mu.Unlock()
-	if s.h.stop.Err() != nil {
-		c.Close() // accepted after the shutdown deadline
-	}
-	opened := s.handshake(c)
+	opened := false
+	if s.h.stop.Err() == nil {
+		opened = s.handshake(c)
+	} // else accepted after the shutdown deadline: closed below
 	s.mu.Lock()
 	delete(s.handshaking, c)
 	s.mu.Unlock()

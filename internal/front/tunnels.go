@@ -118,12 +118,7 @@ func (s *openSet) len() int {
 
 // list returns up to limit tunnels, oldest first (all if limit <= 0).
 func (s *openSet) list(limit int) []Tunnel {
-	s.mu.Lock()
-	all := make([]*open, 0, len(s.m))
-	for o := range s.m {
-		all = append(all, o)
-	}
-	s.mu.Unlock()
+	all := s.snapshot()
 	slices.SortFunc(all, func(a, b *open) int {
 		if c := a.info.Since.Compare(b.info.Since); c != 0 {
 			return c
@@ -146,12 +141,7 @@ func (s *openSet) list(limit int) []Tunnel {
 
 // abortAll ends every open tunnel and request and returns how many.
 func (s *openSet) abortAll() int {
-	s.mu.Lock()
-	all := make([]*open, 0, len(s.m))
-	for o := range s.m {
-		all = append(all, o)
-	}
-	s.mu.Unlock()
+	all := s.snapshot()
 	for _, o := range all {
 		if o.abort != nil {
 			o.abort(errShutdown)
