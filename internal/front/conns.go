@@ -376,13 +376,10 @@ func (w *watchedHandler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 }
 
 func connContext(ctx context.Context, c net.Conn) context.Context {
-	switch c := c.(type) {
-	case *watchConn:
+	if c, ok := c.(*watchConn); ok {
 		return context.WithValue(ctx, watchKey{}, c)
-	case *tls.Conn: // HTTP/2 (see watchListener)
-		return context.WithValue(ctx, h2ConnKey{}, net.Conn(c))
 	}
-	return ctx
+	return ctx // HTTP/2: its *tls.Conn (see watchListener)
 }
 
 func (h *Handler) readHeaderTimeout() time.Duration {

@@ -554,11 +554,27 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, agentID string
 		id:    id,
 		bytes: sw.bytes,
 	}
+	// ended is why the request was ended from outside (revocation, the
+	// shutdown deadline), for the log when the answer was under way.
+	var ended atomic.Pointer[error]
 	if c, _ := r.Context().Value(watchKey{}).(*watchConn); c != nil {
 		inner := c.Conn
-		o.abort = func(error) { inner.Close() }
-	} else if c, _ := r.Context().Value(h2ConnKey{}).(net.Conn); c != nil {
-		o.abort = func(error) { c.Close() } // the whole HTTP/2 connection, at the deadline or on revocation
+		o.abort = func(err error) {
+			ended.CompareAndSwap(nil, &err)
+			inner.Close()
+		}
+	} else if r.ProtoMajor == 2 {
+		// One stream of a connection that may carry other clients'
+		// requests: canceling the request ends the round trip to the
+		// agent, and the stream is reset (or answered, if nothing was
+		// sent yet); the connection stays.
+		ctx, cancel := context.WithCancelCause(r.Context())
+		defer cancel(nil)
+		r = r.WithContext(ctx)
+		o.abort = func(err error) {
+			ended.CompareAndSwap(nil, &err)
+			cancel(err)
+		}
 	}
 	h.cfg.Metrics.ClientTunnel(id.MetricLabel())
 	h.open.add(o)
@@ -571,6 +587,8 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, agentID string
 			"duration", time.Since(start).Round(time.Millisecond).String()}
 		if sw.reason != "" {
 			attrs = append(attrs, "reason", sw.reason)
+		} else if err := ended.Load(); err != nil {
+			attrs = append(attrs, "reason", (*err).Error())
 		}
 		// Metrics first: whoever reads the log line finds them counted.
 		// The origin's own answer, whatever its status, is a success.
@@ -596,7 +614,13 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, agentID string
 		status := wire.Status(err)
 		var we *wire.Error
 		reason := err.Error()
+		cause := context.Cause(r.Context())
+		var revoked *revokedError
 		switch {
+		case errors.As(cause, &revoked):
+			status, reason = http.StatusForbidden, cause.Error()
+		case errors.Is(cause, errShutdown):
+			status, reason = http.StatusServiceUnavailable, cause.Error()
 		case errors.Is(err, context.Canceled):
 			status = 499 // client went away; only logged
 		case errors.Is(err, relay.ErrIdle):

@@ -205,8 +205,3 @@ func wrapH2(hs *http.Server) {
 		next(s, c, schemeHandler{h})
 	}
 }
-
-// h2ConnKey holds, in the context of an HTTP/2 connection's requests,
-// its *tls.Conn: the shutdown deadline ends an absolute-form request in
-// flight by closing it.
-type h2ConnKey struct{}

@@ -12,13 +12,18 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/bcrypt"
+
 	"github.com/reverse-http/reverse-http/internal/allow"
+	"github.com/reverse-http/reverse-http/internal/auth"
 	"github.com/reverse-http/reverse-http/internal/front"
 	"github.com/reverse-http/reverse-http/internal/tlsconf"
 )
@@ -474,4 +479,116 @@ func TestH2Drain(t *testing.T) {
 	if n := h.OpenTunnels(); n != 0 {
 		t.Errorf("%d tunnels open after Run", n)
 	}
+}
+
+// TestH2RevokeOneStream: two clients' absolute-form requests share one
+// HTTP/2 connection; removing one client from the clients file ends its
+// request alone (answered 403 with the reason, as nothing was sent yet):
+// the other's completes and the connection carries the next request.
+func TestH2RevokeOneStream(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "clients.yaml")
+	hash, err := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(names ...string) {
+		var b strings.Builder
+		b.WriteString("clients:\n")
+		for _, n := range names {
+			fmt.Fprintf(&b, "  - name: %s\n    secret_hash: %s\n    agents: [\"4711\"]\n", n, hash)
+		}
+		if err := os.WriteFile(file, []byte(b.String()), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("ops", "dev")
+	clients, err := auth.OpenClientsFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	h := front.New(front.Config{Auth: auth.WithClients(auth.NoAuth(), clients), Dialer: &fakeDialer{agents: map[string]bool{"4711": true}}},
+		slog.New(slog.NewTextHandler(logs, nil)))
+	release := make(chan struct{})
+	holding := make(chan struct{}, 2)
+	web := origin(t, release, holding)
+	proxy := serveH2(t, h)
+	// Requests for http:// URLs as HTTP/2 streams of one TLS connection
+	// to the proxy (as TestH2AbsoluteForm).
+	var dials atomic.Int64
+	var protos http.Protocols
+	protos.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{
+		Protocols: &protos,
+		HTTP2:     &http.HTTP2Config{StrictMaxConcurrentRequests: true},
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			dials.Add(1)
+			d := tls.Dialer{Config: &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}}}
+			return d.DialContext(ctx, network, proxy)
+		},
+	}
+	defer tr.CloseIdleConnections()
+	get := func(client, path string) (int, string, error) {
+		req, _ := http.NewRequest("GET", "http://"+web+path, nil)
+		req.Header.Set("Proxy-Authorization", basic("4711", client+":s3cret"))
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			return 0, "", err
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body), err
+	}
+	type result struct {
+		code int
+		body string
+		err  error
+	}
+	// One connection first, which both requests then share.
+	if code, body, err := get("dev", "/"); err != nil || code != 200 {
+		t.Fatalf("GET through the proxy: %d %q %v", code, body, err)
+	}
+	results := map[string]chan result{"ops": make(chan result, 1), "dev": make(chan result, 1)}
+	for name, ch := range results {
+		go func() {
+			code, body, err := get(name, "/hold")
+			ch <- result{code, body, err}
+		}()
+	}
+	for range 2 {
+		select {
+		case <-holding:
+		case <-time.After(wait):
+			t.Fatal("the requests did not reach the origin")
+		}
+	}
+	write("dev")
+	apply, err := clients.Check()
+	if err != nil || apply == nil {
+		t.Fatalf("re-reading the clients file: %v", err)
+	}
+	apply()
+	if n := h.Revalidate(); n != 1 {
+		t.Errorf("Revalidate ended %d requests, want 1", n)
+	}
+	select {
+	case r := <-results["ops"]:
+		if r.err != nil || r.code != http.StatusForbidden || !strings.Contains(r.body, "ops") {
+			t.Errorf("revoked client's request: %d %q %v, want 403 naming the client", r.code, r.body, r.err)
+		}
+	case <-time.After(wait):
+		t.Fatal("the revoked client's request was not ended")
+	}
+	close(release)
+	if r := <-results["dev"]; r.err != nil || r.code != 200 || r.body != "hello" {
+		t.Errorf("the other client's request on the same connection: %d %q %v", r.code, r.body, r.err)
+	}
+	if code, body, err := get("dev", "/"); err != nil || code != 200 {
+		t.Errorf("a request after the revocation: %d %q %v", code, body, err)
+	}
+	if d := dials.Load(); d != 1 {
+		t.Errorf("%d TLS connections, want 1: the revocation closed the connection", d)
+	}
+	logs.waitLog(t, `msg="request forwarded"`, "identity=client:ops", "status=403")
 }
