@@ -45,7 +45,7 @@ func startDelayRelay(t testing.TB, target string, delay time.Duration) *delayRel
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		fatalf(t, "%v", err)
 	}
 	r := &delayRelay{addr: ln.Addr().String(), ln: ln, open: map[net.Conn]struct{}{}}
 	r.wg.Go(func() {
@@ -167,7 +167,7 @@ func startFleet(t testing.TB, server string, n int, prefix string, ramp time.Dur
 		"-n", fmt.Sprint(n), "-prefix", prefix, "-ramp", ramp.String(), "-duration", "30m"}, flags...)
 	p, err := startExternal(t, "fleet", fleetPath, args...)
 	if err != nil {
-		t.Fatal(err)
+		fatalf(t, "%v", err)
 	}
 	groupOf(t).add(p)
 	f := &fleetProc{process: p}
@@ -185,7 +185,7 @@ func startFleet(t testing.TB, server string, n int, prefix string, ramp time.Dur
 		return errors.New("no stats line yet")
 	})
 	if err != nil {
-		t.Fatalf("fleet: %v\n%s", err, p.log.String())
+		fatalf(t, "fleet: %v\n%s", err, p.log.String())
 	}
 	return f
 }
@@ -195,11 +195,11 @@ func (f *fleetProc) retarget(t testing.TB, addr string) {
 	t.Helper()
 	resp, err := http.Post(strings.TrimSuffix(f.stats, "/stats")+"/target?addr="+addr, "", nil)
 	if err != nil {
-		t.Fatal(err)
+		fatalf(t, "%v", err)
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("retarget: %s", resp.Status)
+		fatalf(t, "retarget: %s", resp.Status)
 	}
 }
 
@@ -218,19 +218,30 @@ func (f *fleetProc) waitConnected(t testing.TB, n int, timeout time.Duration) ti
 	t.Helper()
 	start := time.Now()
 	var last fleetStats
+	var progress []string
+	next := start
 	err := waitFor(timeout, func() error {
 		s, err := f.read()
 		if err != nil {
 			return err
 		}
 		last = s
+		if time.Since(next) >= 0 {
+			progress = append(progress, fmt.Sprintf("%s: %d (%d connections, %d ended)", time.Since(start).Round(time.Second),
+				s.Connected, s.Messages["connected to proxy"], s.Messages["connection to proxy ended"]))
+			next = next.Add(10 * time.Second)
+		}
 		if s.Connected < n {
 			return fmt.Errorf("%d of %d agents connected", s.Connected, n)
 		}
 		return nil
 	})
+	t.Logf("agents connected, every 10s: %s", strings.Join(progress, ", "))
 	if err != nil {
-		t.Fatalf("fleet: %v; agents' log messages: %v; errors: %q", err, last.Messages, last.Errors)
+		fatalf(t, "fleet: %v; agents' log messages: %v; errors: %q", err, last.Messages, last.Errors)
+	}
+	if len(last.Errors) > 0 {
+		t.Logf("agents' errors while connecting: %q", last.Errors)
 	}
 	return time.Since(start)
 }
@@ -246,7 +257,7 @@ func scaleN(t testing.TB, env string, def int) int {
 	if v := os.Getenv(env); v != "" {
 		var n int
 		if _, err := fmt.Sscan(v, &n); err != nil || n < 1 {
-			t.Fatalf("%s=%q: want a positive number", env, v)
+			fatalf(t, "%s=%q: want a positive number", env, v)
 		}
 		return n
 	}
@@ -271,7 +282,7 @@ func routesOf(t testing.TB, mcAddr string, ids []string) map[string]string {
 	for part := range slices.Chunk(ids, 500) {
 		items, err := mc.GetMulti(part)
 		if err != nil {
-			t.Fatalf("memcached get: %v", err)
+			fatalf(t, "memcached get: %v", err)
 		}
 		for k, it := range items {
 			out[k] = string(it.Value)
@@ -286,7 +297,7 @@ func writeClusterKey(t testing.TB) string {
 	rand.Read(b)
 	path := filepath.Join(t.TempDir(), "cluster.key")
 	if err := os.WriteFile(path, fmt.Appendf(nil, "%x\n", b), 0o600); err != nil {
-		t.Fatal(err)
+		fatalf(t, "%v", err)
 	}
 	return path
 }
@@ -385,7 +396,7 @@ func TestHAFailoverAtScale(t *testing.T) {
 		}
 		return nil
 	}); err != nil {
-		t.Fatal(err)
+		fatalf(t, "%v", err)
 	}
 	t.Logf("%d agents connected to D in %s; all routes name D", n, took.Round(time.Millisecond))
 
@@ -414,7 +425,7 @@ func TestHAFailoverAtScale(t *testing.T) {
 	t.Logf("agents connected after SIGKILL: %s", strings.Join(timeline, " "))
 	answered, missing := reachAll(a.httpAddr, ids, origin.url("/hello"), start, start.Add(15*time.Second))
 	if len(missing) > 0 {
-		t.Errorf("%d of %d agents not reachable through A within 15s after D was killed, e.g. %v", len(missing), n, missing[:min(5, len(missing))])
+		failf(t, "%d of %d agents not reachable through A within 15s after D was killed, e.g. %v", len(missing), n, missing[:min(5, len(missing))])
 	}
 	var times []time.Duration
 	for _, d := range answered {
@@ -432,16 +443,16 @@ func TestHAFailoverAtScale(t *testing.T) {
 	time.Sleep(12 * time.Second)
 	s, err := f.read()
 	if err != nil {
-		t.Fatal(err)
+		fatalf(t, "%v", err)
 	}
 	if r := s.replaced(); r != 0 {
-		t.Errorf("%d agents were closed as replaced after the failover", r)
+		failf(t, "%d agents were closed as replaced after the failover", r)
 	}
 	if c := a.count("agent reconnected to another proxy: closing the stale connection here"); c != 0 {
-		t.Errorf("A closed %d agents as connected to another proxy", c)
+		failf(t, "A closed %d agents as connected to another proxy", c)
 	}
 	if s.Connected != n {
-		t.Errorf("%d of %d agents connected after the failover; agents' log messages: %v; errors: %q", s.Connected, n, s.Messages, s.Errors)
+		failf(t, "%d of %d agents connected after the failover; agents' log messages: %v; errors: %q", s.Connected, n, s.Messages, s.Errors)
 	}
 	// Every route names A once the last agents are back (one that failed
 	// several attempts during the storm may still be in its backoff).
@@ -458,8 +469,28 @@ func TestHAFailoverAtScale(t *testing.T) {
 		}
 		return nil
 	}); err != nil {
-		t.Error(err)
+		failf(t, "%v", err)
 	}
+}
+
+// whyNoRoute says, for the first few of ids, what their route is and what
+// the proxy logged of them.
+func whyNoRoute(p *proxyProc, routes map[string]string, ids []string) string {
+	var b strings.Builder
+	for i, id := range ids {
+		if i == 3 {
+			fmt.Fprintf(&b, " (and %d more)", len(ids)-i)
+			break
+		}
+		fmt.Fprintf(&b, "route of %s: %q, the proxy logged of it: [", id, routes[id])
+		for _, l := range strings.Split(p.log.String(), "\n") {
+			if strings.Contains(l, "agent="+id+" ") {
+				b.WriteString(l + " | ")
+			}
+		}
+		b.WriteString("] ")
+	}
+	return b.String()
 }
 
 const slowRenewal = "route renewal took over half its period: routes may expire before they are renewed (a slow or overloaded memcached?)"
@@ -474,7 +505,7 @@ func TestHARoutesHoldAtScale(t *testing.T) {
 	if v := os.Getenv("HA_SCALE_HOLD"); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil {
-			t.Fatalf("HA_SCALE_HOLD: %v", err)
+			fatalf(t, "HA_SCALE_HOLD: %v", err)
 		}
 		hold = d
 	}
@@ -498,20 +529,14 @@ func TestHARoutesHoldAtScale(t *testing.T) {
 		}
 		return nil
 	}); err != nil {
-		// Say which agents, and what the proxy logged of them.
 		routes := routesOf(t, mc.addr, ids)
+		var missing []string
 		for _, id := range ids {
-			if _, ok := routes[id]; ok {
-				continue
-			}
-			t.Errorf("no route for %s; the proxy logged of it:", id)
-			for _, l := range strings.Split(p.log.String(), "\n") {
-				if strings.Contains(l, "agent="+id+" ") {
-					t.Errorf("  %s", l)
-				}
+			if _, ok := routes[id]; !ok {
+				missing = append(missing, id)
 			}
 		}
-		t.Fatal(err)
+		fatalf(t, "%v; %s", err, whyNoRoute(p, routes, missing))
 	}
 	t.Logf("%d agents connected in %s; all routes written", n, took.Round(time.Millisecond))
 
@@ -522,28 +547,29 @@ func TestHARoutesHoldAtScale(t *testing.T) {
 		time.Sleep(2 * time.Second)
 		s, err := f.read()
 		if err != nil {
-			t.Fatal(err)
+			fatalf(t, "%v", err)
 		}
 		routes := routesOf(t, mc.addr, ids)
-		bad := 0
+		var bad []string
 		for _, id := range ids {
 			if routes[id] != p.httpAddr {
-				bad++
+				bad = append(bad, id)
 			}
 		}
 		checks++
 		// An agent that reconnected may be between connections; every
 		// other one must have its route.
-		if gap := n - s.Connected; bad > gap {
-			t.Errorf("after %s: %d routes missing or wrong with %d of %d agents connected",
-				time.Since(start).Round(time.Second), bad, s.Connected, n)
+		if gap := n - s.Connected; len(bad) > gap {
+			failf(t, "after %s: %d routes missing or wrong with %d of %d agents connected; %s; agents' log messages: %v; errors: %q",
+				time.Since(start).Round(time.Second), len(bad), s.Connected, n, whyNoRoute(p, routes, bad), s.Messages, s.Errors)
 		}
-		worst = max(worst, bad)
+		worst = max(worst, len(bad))
 		// A few clients through the lb.
 		for i := range 5 {
 			id := ids[(checks*7919+i*104729)%n]
 			if code, body, err := haGet(lb.httpAddr, id, "noauth", origin.url("/hello"), 5*time.Second); err != nil || code != http.StatusOK {
-				t.Errorf("GET through the lb as %s: %d %q %v", id, code, body, err)
+				failf(t, "after %s: GET through the lb as %s: %d %q %v; %s; agents' log messages: %v",
+					time.Since(start).Round(time.Second), id, code, body, err, whyNoRoute(p, routes, []string{id}), s.Messages)
 			} else {
 				reached++
 			}
@@ -551,7 +577,7 @@ func TestHARoutesHoldAtScale(t *testing.T) {
 	}
 	s, _ := f.read()
 	if c := p.count("route store unavailable; agents connected here are still served, routes will be renewed when it is back"); c != 0 {
-		t.Errorf("the proxy found the store unavailable %d times", c)
+		failf(t, "the proxy found the store unavailable %d times", c)
 	}
 	var renewTook []time.Duration
 	for _, l := range p.lines("routes renewed") {
@@ -569,8 +595,8 @@ func TestHARoutesHoldAtScale(t *testing.T) {
 		renewals = fmt.Sprintf("%d renewals of all %d routes took median %s, max %s (period 5s)", k, n,
 			renewTook[k/2].Round(time.Millisecond), renewTook[k-1].Round(time.Millisecond))
 	}
-	t.Logf("FIGURES %d agents, store %s away, %s: %d checks of all routes, worst %d missing, %d agents connected at the end, %d of %d lb requests answered; %s; %d renewals logged as slow (over half the period)",
-		n, storeDelay, hold, checks, worst, s.Connected, reached, checks*5, renewals, slowRenewals)
+	t.Logf("FIGURES %d agents, store %s away, %s: %d checks of all routes, worst %d missing, %d agents connected at the end, %d of %d lb requests answered; %s; %d renewals logged as slow (over half the period); agents' log messages: %v",
+		n, storeDelay, hold, checks, worst, s.Connected, reached, checks*5, renewals, slowRenewals, s.Messages)
 }
 
 // A proxy whose memcached stops answering still exits within
@@ -591,16 +617,16 @@ func TestShutdownWithUnreachableStore(t *testing.T) {
 		}
 		return nil
 	}); err != nil {
-		t.Fatal(err)
+		fatalf(t, "%v", err)
 	}
 	relay.frozen.Store(true)
 	start := time.Now()
 	if err := p.terminate(4 * time.Second); err != nil {
-		t.Fatal(err)
+		fatalf(t, "%v", err)
 	}
 	took := time.Since(start)
 	t.Logf("FIGURES proxy with %d routes and an unreachable memcached exited %s after SIGTERM (--shutdown-timeout=3s)", n, took.Round(time.Millisecond))
 	if p.count("routes not all released on shutdown; they expire after the ttl") != 1 {
-		t.Errorf("no log line about the routes left behind:\n%s", tail(p.log.String(), 4096))
+		failf(t, "no log line about the routes left behind:\n%s", tail(p.log.String(), 4096))
 	}
 }

@@ -134,8 +134,9 @@ func startProcessEnv(t testing.TB, name string, env []string, args ...string) *p
 // when the test ends: proxies first, so that agents are not asked to stop
 // while tunnels through them are still open, then the rest, newest first.
 type group struct {
-	mu    sync.Mutex
-	procs []*process
+	mu       sync.Mutex
+	procs    []*process
+	failures []string // what failf and the harness failed the test with
 }
 
 var (
@@ -157,10 +158,55 @@ func groupOf(t testing.TB) *group {
 			g.stopAll(t)
 			if t.Failed() {
 				g.dumpLogs(t)
+				g.restate(t)
 			}
 		})
 	}
 	return g
+}
+
+// failf fails t with the message and records it, so that the test's
+// cleanup says it again after the processes' logs: those can be long
+// enough to push the failure out of a CI's view of the output.
+func failf(t testing.TB, format string, args ...any) {
+	t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	groupOf(t).record(msg)
+	t.Error(msg)
+}
+
+// fatalf is failf, then t.FailNow.
+func fatalf(t testing.TB, format string, args ...any) {
+	t.Helper()
+	failf(t, format, args...)
+	t.FailNow()
+}
+
+func (g *group) record(msg string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.failures) < 20 {
+		g.failures = append(g.failures, msg)
+	}
+}
+
+// restate repeats the recorded failures, each cut to a few lines.
+func (g *group) restate(t testing.TB) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.failures) == 0 {
+		return
+	}
+	var b strings.Builder
+	b.WriteString("FAILED, as said before the logs above:")
+	for _, f := range g.failures {
+		lines := strings.Split(f, "\n")
+		if len(lines) > 5 {
+			lines = append(lines[:5], fmt.Sprintf("(%d more lines)", len(lines)-5))
+		}
+		b.WriteString("\n  - " + strings.Join(lines, "\n    "))
+	}
+	t.Log(b.String())
 }
 
 func (g *group) add(p *process) {
@@ -186,7 +232,13 @@ func (g *group) stopAll(t testing.TB) {
 	for _, proxies := range []bool{true, false} {
 		for _, p := range procs {
 			if (p.name == "proxy") == proxies {
-				p.stop(t)
+				start := time.Now()
+				if err := p.halt(); err != nil {
+					g.record(err.Error())
+					t.Error(err)
+				} else if took := time.Since(start); took > stopTimeout/4 {
+					t.Logf("%s (pid %d) took %s to exit after SIGTERM", p.name, p.cmd.Process.Pid, took.Round(time.Millisecond))
+				}
 			}
 		}
 	}
@@ -194,7 +246,9 @@ func (g *group) stopAll(t testing.TB) {
 		log := p.log.String()
 		for _, bad := range []string{"WARNING: DATA RACE", "panic: ", "fatal error: "} {
 			if strings.Contains(log, bad) {
-				t.Errorf("%s log has %q", p.name, bad)
+				err := fmt.Sprintf("%s log has %q", p.name, bad)
+				g.record(err)
+				t.Error(err)
 			}
 		}
 	}
@@ -226,22 +280,24 @@ func (p *process) exited() bool {
 // anyone asked it to is an error too.
 func (p *process) stop(t testing.TB) {
 	t.Helper()
-	p.mu.Lock()
-	early := !p.stopping && p.exited()
-	p.mu.Unlock()
-	if early {
-		p.mu.Lock()
-		p.stopping = true
-		p.mu.Unlock()
-		t.Errorf("%s exited on its own: %v", p.name, p.err)
-		return
-	}
-	if p.exited() {
-		return
-	}
-	if err := p.terminate(stopTimeout); err != nil {
+	if err := p.halt(); err != nil {
 		t.Error(err)
 	}
+}
+
+// halt is stop, returning what went wrong.
+func (p *process) halt() error {
+	p.mu.Lock()
+	early := !p.stopping && p.exited()
+	p.stopping = true
+	p.mu.Unlock()
+	if early {
+		return fmt.Errorf("%s exited on its own: %v", p.name, p.err)
+	}
+	if p.exited() {
+		return nil
+	}
+	return p.terminate(stopTimeout)
 }
 
 // terminate sends SIGTERM and waits up to timeout for the process to exit
