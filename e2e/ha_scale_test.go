@@ -130,6 +130,16 @@ type fleetStats struct {
 	Errors    []string       `json:"errors"`
 }
 
+// events counts the agents' log lines: each connection that began or
+// ended, each refusal, writes one.
+func (s fleetStats) events() int {
+	n := 0
+	for _, c := range s.Messages {
+		n += c
+	}
+	return n
+}
+
 // replaced counts the agents' "replaced by another agent with the same ID"
 // log lines.
 func (s fleetStats) replaced() int {
@@ -518,8 +528,11 @@ func TestHARoutesHoldAtScale(t *testing.T) {
 	origin := startHTTPOrigin(t, false)
 
 	// 50 agents a socket: 10,000 sockets would cost the load generator
-	// more than the proxy, on the same two cores.
-	f := startFleet(t, p.agentAddr, n, "hold-", 15*time.Second, "-per-socket", "50")
+	// more than the proxy, on the same two cores. Over 30s: the load
+	// generator's own handshakes, on the same two cores, starve its
+	// connected agents' keep-alives above about 400 new agents a second
+	// (docs/benchmarks.md); what is tested here is holding the routes.
+	f := startFleet(t, p.agentAddr, n, "hold-", 30*time.Second, "-per-socket", "50")
 	took := f.waitConnected(t, n, 3*time.Minute)
 	ids := agentIDs("hold-", n)
 	if err := waitFor(time.Minute, func() error {
@@ -542,7 +555,12 @@ func TestHARoutesHoldAtScale(t *testing.T) {
 
 	slowBefore := p.count(slowRenewal)
 	start := time.Now()
-	checks, reached, worst := 0, 0, 0
+	checks, reached, retried, worst := 0, 0, 0, 0
+	before, err := f.read()
+	if err != nil {
+		fatalf(t, "%v", err)
+	}
+	prev := before
 	for time.Since(start) < hold {
 		time.Sleep(2 * time.Second)
 		s, err := f.read()
@@ -550,6 +568,10 @@ func TestHARoutesHoldAtScale(t *testing.T) {
 			fatalf(t, "%v", err)
 		}
 		routes := routesOf(t, mc.addr, ids)
+		after, err := f.read()
+		if err != nil {
+			fatalf(t, "%v", err)
+		}
 		var bad []string
 		for _, id := range ids {
 			if routes[id] != p.httpAddr {
@@ -557,22 +579,33 @@ func TestHARoutesHoldAtScale(t *testing.T) {
 			}
 		}
 		checks++
-		// An agent that reconnected may be between connections; every
-		// other one must have its route.
-		if gap := n - s.Connected; len(bad) > gap {
-			failf(t, "after %s: %d routes missing or wrong with %d of %d agents connected; %s; agents' log messages: %v; errors: %q",
-				time.Since(start).Round(time.Second), len(bad), s.Connected, n, whyNoRoute(p, routes, bad), s.Messages, s.Errors)
+		// Every agent connected throughout must have its route. One
+		// whose connection ended or began since the last check (each
+		// logs a line) may be between connections, as may one not
+		// connected now.
+		churn := after.events() - prev.events()
+		if allowed := n - min(s.Connected, after.Connected) + churn; len(bad) > allowed {
+			failf(t, "after %s: %d routes missing or wrong with %d of %d agents connected and %d connection events since the last check; %s; agents' log messages: %v; errors: %q",
+				time.Since(start).Round(time.Second), len(bad), after.Connected, n, churn, whyNoRoute(p, routes, bad), after.Messages, after.Errors)
 		}
 		worst = max(worst, len(bad))
-		// A few clients through the lb.
+		prev = after
+		// A few clients through the lb; one that fails while agents
+		// churn is tried again once.
 		for i := range 5 {
 			id := ids[(checks*7919+i*104729)%n]
-			if code, body, err := haGet(lb.httpAddr, id, "noauth", origin.url("/hello"), 5*time.Second); err != nil || code != http.StatusOK {
-				failf(t, "after %s: GET through the lb as %s: %d %q %v; %s; agents' log messages: %v",
-					time.Since(start).Round(time.Second), id, code, body, err, whyNoRoute(p, routes, []string{id}), s.Messages)
-			} else {
-				reached++
+			code, body, err := haGet(lb.httpAddr, id, "noauth", origin.url("/hello"), 5*time.Second)
+			if (err != nil || code != http.StatusOK) && churn > 0 {
+				time.Sleep(time.Second)
+				retried++
+				code, body, err = haGet(lb.httpAddr, id, "noauth", origin.url("/hello"), 5*time.Second)
 			}
+			if err != nil || code != http.StatusOK {
+				failf(t, "after %s: GET through the lb as %s: %d %q %v; %s; agents' log messages: %v",
+					time.Since(start).Round(time.Second), id, code, body, err, whyNoRoute(p, routes, []string{id}), after.Messages)
+				continue
+			}
+			reached++
 		}
 	}
 	s, _ := f.read()
@@ -595,8 +628,8 @@ func TestHARoutesHoldAtScale(t *testing.T) {
 		renewals = fmt.Sprintf("%d renewals of all %d routes took median %s, max %s (period 5s)", k, n,
 			renewTook[k/2].Round(time.Millisecond), renewTook[k-1].Round(time.Millisecond))
 	}
-	t.Logf("FIGURES %d agents, store %s away, %s: %d checks of all routes, worst %d missing, %d agents connected at the end, %d of %d lb requests answered; %s; %d renewals logged as slow (over half the period); agents' log messages: %v",
-		n, storeDelay, hold, checks, worst, s.Connected, reached, checks*5, renewals, slowRenewals, s.Messages)
+	t.Logf("FIGURES %d agents, store %s away, %s: %d checks of all routes, worst %d missing, %d agents connected at the end, %d connection events during the hold, %d of %d lb requests answered (%d on a second try); %s; %d renewals logged as slow (over half the period)",
+		n, storeDelay, hold, checks, worst, s.Connected, s.events()-before.events(), reached, checks*5, retried, renewals, slowRenewals)
 }
 
 // A proxy whose memcached stops answering still exits within

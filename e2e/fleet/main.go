@@ -27,6 +27,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -101,6 +102,9 @@ func run(server, caFile string, n int, prefix string, ramp time.Duration, statsA
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(map[string]any{"connected": int(d.GetGauge().GetValue()), "messages": msgs, "errors": errs})
 	})
+	// For a look at what the load generator itself costs.
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("POST /target", func(w http.ResponseWriter, r *http.Request) {
 		if red == nil {
 			http.Error(w, "not started with -redirect", http.StatusBadRequest)

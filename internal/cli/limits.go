@@ -39,6 +39,7 @@ type ProxyLimits struct {
 	TunnelsPerAgent          int     `name:"tunnels-per-agent" default:"20000" help:"Tunnels open at once through one agent, counted on the proxy that holds it (forwarded ones included); past it 429 (0 = no limit)."`
 	Agents                   int     `name:"agents" default:"20000" help:"Agents connected to this proxy at once; past it a new agent is refused with QUIC application error 0x110 and retries with backoff (0 = no limit)."`
 	AgentHandshakesPerSecond float64 `name:"agent-handshakes-per-second" default:"2000" help:"New agent connections per second (a token bucket holding twice as many); past it a connection is refused before its TLS handshake (0 = no limit)."`
+	AgentHandshakesInFlight  int     `name:"agent-handshakes-in-flight" default:"512" help:"New agent connections being handshaken and authenticated at once; past it a connection is refused before its TLS handshake and the agent retries with backoff, so that a reconnect storm cannot starve the connected agents (0 = no limit)."`
 }
 
 func (l HTTPProxyLimits) check() error {
@@ -67,7 +68,7 @@ func (l ProxyLimits) check(h HTTPProxyLimits) error {
 	if err := l.ClientLimits.check(h); err != nil {
 		return err
 	}
-	for flag, n := range map[string]int{"tunnels-per-agent": l.TunnelsPerAgent, "agents": l.Agents} {
+	for flag, n := range map[string]int{"tunnels-per-agent": l.TunnelsPerAgent, "agents": l.Agents, "agent-handshakes-in-flight": l.AgentHandshakesInFlight} {
 		if n < 0 {
 			return fmt.Errorf("--limits.%s: must not be negative (0 = no limit), got %d", flag, n)
 		}
@@ -92,5 +93,6 @@ func (l ProxyLimits) proxyConfig(cfg proxy.Config) proxy.Config {
 	cfg.MaxTunnelsPerAgent = l.TunnelsPerAgent
 	cfg.MaxAgents = l.Agents
 	cfg.HandshakesPerSecond = l.AgentHandshakesPerSecond
+	cfg.HandshakesInFlight = l.AgentHandshakesInFlight
 	return cfg
 }

@@ -198,3 +198,79 @@ func TestHandshakeRateLimit(t *testing.T) {
 		t.Errorf("agents %v", srv.Sessions())
 	}
 }
+
+// TestHandshakesInFlight: with HandshakesInFlight connections handshaken
+// but not authenticated, the next one is refused with CONNECTION_REFUSED
+// before its TLS handshake; a place is given back when one of them
+// authenticates and when one ends without authenticating.
+func TestHandshakesInFlight(t *testing.T) {
+	srv, logs := startLimitedProxy(t, proxy.Config{HandshakesInFlight: 2})
+	addr := srv.Addr().String()
+	tlsConf := &tls.Config{InsecureSkipVerify: true, NextProtos: []string{wire.ALPN}}
+	dial := func() (*quic.Conn, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return quic.DialAddr(ctx, addr, tlsConf, &quic.Config{KeepAlivePeriod: time.Second})
+	}
+	refused := func(what string) {
+		t.Helper()
+		conn, err := dial()
+		var te *quic.TransportError
+		if errors.As(err, &te) && te.Remote && te.ErrorCode == quic.ConnectionRefused {
+			return
+		}
+		if err == nil {
+			conn.CloseWithError(0, "")
+		}
+		t.Fatalf("%s: %v, want CONNECTION_REFUSED", what, err)
+	}
+	// Two handshaken, neither authenticated.
+	var pending []*quic.Conn
+	for range 2 {
+		conn, err := dial()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.CloseWithError(0, "")
+		pending = append(pending, conn)
+	}
+	refused("a third connection while two authenticate")
+
+	// The first authenticates: its place is free.
+	s, err := pending[0].OpenStreamSync(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := wire.WriteMessage(s, "first"); err != nil {
+		t.Fatal(err)
+	}
+	if msg, err := wire.ReadMessage(s); err != nil || msg != wire.AuthOK {
+		t.Fatalf("auth answer %q, %v", msg, err)
+	}
+	third, err := dial()
+	if err != nil {
+		t.Fatalf("a connection once one of two authenticated: %v", err)
+	}
+	defer third.CloseWithError(0, "")
+	refused("another while two authenticate again")
+
+	// The second gives up: its place is free too.
+	pending[1].CloseWithError(0, "")
+	var fourth *quic.Conn
+	waitFor(t, "a place given back by a closed connection", func() bool {
+		if fourth, err = dial(); err != nil {
+			return false
+		}
+		return true
+	})
+	fourth.CloseWithError(0, "")
+	if !srv.Connected("first") {
+		t.Error("the authenticated agent is not connected")
+	}
+	if !strings.Contains(logs.String(), `msg="agent handshakes refused"`) {
+		t.Errorf("no log line for the refusals:\n%s", logs)
+	}
+	if !strings.Contains(logs.String(), "--limits.agent-handshakes-in-flight") {
+		t.Errorf("log does not name the flag:\n%s", logs)
+	}
+}

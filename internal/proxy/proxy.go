@@ -87,6 +87,10 @@ type Config struct {
 	// HandshakeBurst is the size of that bucket. Zero means twice
 	// HandshakesPerSecond (at least 1).
 	HandshakeBurst int
+	// HandshakesInFlight bounds the new agent connections admitted that
+	// have not authenticated or ended yet: past it a connection is refused
+	// with CONNECTION_REFUSED before any TLS work. Zero means no bound.
+	HandshakesInFlight int
 
 	// DuplicateWindow is how long a replacement of a live agent connection
 	// by one from another address is remembered. A second such
@@ -121,7 +125,7 @@ type Server struct {
 	// maxDupEntries, so it is bounded by the IDs replaced in one window.
 	dups map[string]*dupState
 	wg   sync.WaitGroup
-	hs   *handshakeLimiter // nil without a handshake rate limit
+	hs   *handshakeLimiter // nil without a handshake rate limit or bound
 	// authn is Config.Auth, or what SetAuth put in its place.
 	authn atomic.Pointer[auth.Authenticator]
 }
@@ -205,8 +209,8 @@ func New(cfg Config, log *slog.Logger) *Server {
 	}
 	s := &Server{cfg: cfg, log: log, agents: make(map[string]*session), retiring: make(map[*session]struct{}), dups: make(map[string]*dupState)}
 	s.SetAuth(cfg.Auth)
-	if cfg.HandshakesPerSecond > 0 {
-		s.hs = newHandshakeLimiter(cfg.HandshakesPerSecond, cfg.HandshakeBurst, log, cfg.Metrics)
+	if cfg.HandshakesPerSecond > 0 || cfg.HandshakesInFlight > 0 {
+		s.hs = newHandshakeLimiter(cfg.HandshakesPerSecond, cfg.HandshakeBurst, cfg.HandshakesInFlight, log, cfg.Metrics)
 	}
 	return s
 }
@@ -349,7 +353,7 @@ func (s *Server) Run(ctx context.Context) error {
 		if err != nil {
 			break
 		}
-		s.wg.Go(func() { s.serve(ctx, transport.FromQUIC(conn)) })
+		s.wg.Go(func() { s.serve(ctx, transport.FromQUIC(conn), handshakeDone(conn.Context())) })
 	}
 	s.ln.Close()
 	if s.tcpLn != nil {
@@ -449,18 +453,20 @@ func (s *Server) acceptTCP(ctx context.Context) error {
 			}
 			return fmt.Errorf("agent server: accept on %s (TCP): %w", s.tcpLn.Addr(), err)
 		}
-		if s.hs != nil && !s.hs.allow(time.Now(), raw.RemoteAddr()) {
+		done, err := s.hs.admit(time.Now(), raw.RemoteAddr())
+		if err != nil {
 			raw.Close()
 			continue
 		}
 		s.wg.Go(func() {
 			conn, err := s.handshakeTCP(ctx, raw)
 			if err != nil {
+				done()
 				s.log.Warn("agent TLS handshake failed", "remote", raw.RemoteAddr().String(), "transport", transport.TCP, "error", err)
 				s.cfg.Metrics.Session("auth_failed")
 				return
 			}
-			s.serve(ctx, conn)
+			s.serve(ctx, conn, done)
 			// The Conn's own goroutines end within a second of its close;
 			// Run returns after them.
 			<-conn.Context().Done()
@@ -484,19 +490,23 @@ func (s *Server) handshakeTCP(ctx context.Context, raw net.Conn) (transport.Conn
 	return transport.NewTCP(tc, false, transport.TCPConfig{IdleTimeout: s.cfg.IdleTimeout})
 }
 
-// serve authenticates a new connection and registers it.
-func (s *Server) serve(ctx context.Context, conn transport.Conn) {
+// serve authenticates a new connection and registers it. handshakeDone
+// gives the connection's place among the handshakes in flight back; it
+// is called once the connection authenticated or was refused.
+func (s *Server) serve(ctx context.Context, conn transport.Conn, handshakeDone func()) {
 	remote := conn.RemoteAddr().String()
 	s.mu.RLock()
 	draining := s.draining
 	s.mu.RUnlock()
 	if draining {
+		handshakeDone()
 		// At once: the agent tries again from a new UDP port, which the
 		// load balancer may send to another proxy.
 		conn.CloseWithError(wire.CodeShutdown, "proxy shutting down: connect to another proxy")
 		return
 	}
 	id, err := s.authenticate(ctx, conn)
+	handshakeDone()
 	if errors.Is(err, errTooManyAgents) {
 		s.refuseAgent(conn, id, err)
 		return
