@@ -4,7 +4,9 @@
 # per value of --limits.agent-handshakes-in-flight in BOUNDS, RUNS times
 # each. For every run it prints how long until all were connected, how
 # many connection attempts failed, and how many connections ended after
-# they had authenticated (connected agents dropped along the way).
+# they had authenticated (connected agents dropped along the way). With
+# HOLD=SECONDS it then leaves them idle that long and reports how many
+# connected agents dropped meanwhile.
 #
 #   scripts/storm.sh                      # N=10000 RAMP=30s BOUNDS="512 128 0" RUNS=3
 #   N=2000 RAMP=5s BOUNDS="512 0" RUNS=1 scripts/storm.sh
@@ -15,6 +17,7 @@ n=${N:-10000}
 ramp=${RAMP:-30s}
 bounds=${BOUNDS:-512 128 0}
 runs=${RUNS:-3}
+hold=${HOLD:-0}
 deadline=${DEADLINE:-180}
 tmp=$(mktemp -d)
 pids=()
@@ -34,10 +37,10 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 stats() {
   curl -fsS "http://$1/stats" | python3 -c 'import json,sys
 d=json.load(sys.stdin); m=d["messages"]
-print(d["connected"], m.get("connected to proxy",0), sum(v for k,v in m.items() if k!="connected to proxy"))'
+print(d["connected"], m.get("connected to proxy",0), sum(v for k,v in m.items() if k!="connected to proxy"), int(d.get("sched_latency_max_ms",0)))'
 }
 
-printf '%-8s %-4s %-12s %-16s %-16s\n' bound run "all in (s)" "failed attempts" "dropped agents"
+printf '%-8s %-4s %-12s %-16s %-16s %s\n' bound run "all in (s)" "failed attempts" "dropped agents" "load generator's longest scheduling wait (ms)"
 for bound in $bounds; do
   for run in $(seq 1 "$runs"); do
     port=$(free_port); http=$(free_port); statsaddr=127.0.0.1:$(free_port)
@@ -54,17 +57,22 @@ for bound in $bounds; do
     took=timeout
     while (( $(date +%s) - ${start%.*} < deadline )); do
       sleep 1
-      read -r connected conns ended < <(stats "$statsaddr" 2>/dev/null || echo "0 0 0")
+      read -r connected conns ended wait < <(stats "$statsaddr" 2>/dev/null || echo "0 0 0 0")
       if [[ $connected == "$n" ]]; then
         took=$(python3 -c "import time; print(f'{time.time()-$start:.1f}')")
         break
       fi
     done
-    read -r connected conns ended < <(stats "$statsaddr")
+    read -r connected conns ended wait < <(stats "$statsaddr")
     # Attempts that failed: the agents' log lines other than "connected",
     # less one "connection to proxy ended" per connection that ended.
     dropped=$((conns - connected))
-    printf '%-8s %-4s %-12s %-16s %-16s\n' "$bound" "$run" "$took" "$((ended - dropped))" "$dropped"
+    printf '%-8s %-4s %-12s %-16s %-16s %s\n' "$bound" "$run" "$took" "$((ended - dropped))" "$dropped" "$wait"
+    if (( hold > 0 )); then
+      sleep "$hold"
+      read -r connected2 conns2 ended2 wait2 < <(stats "$statsaddr")
+      echo "  idle ${hold}s: $((conns2 - conns)) reconnections, $connected2 connected at the end, longest wait to run ${wait2}ms"
+    fi
     kill "$fleet" "$proxy" 2>/dev/null || true
     wait "$fleet" "$proxy" 2>/dev/null || true
     pids=()

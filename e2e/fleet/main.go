@@ -31,6 +31,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	rtmetrics "runtime/metrics"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -100,7 +101,8 @@ func run(server, caFile string, n int, prefix string, ramp time.Duration, statsA
 		m.AgentsConnected.Write(&d)
 		msgs, errs := counts.snapshot()
 		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(map[string]any{"connected": int(d.GetGauge().GetValue()), "messages": msgs, "errors": errs})
+		json.NewEncoder(w).Encode(map[string]any{"connected": int(d.GetGauge().GetValue()), "messages": msgs, "errors": errs,
+			"sched_latency_max_ms": schedLatencyMax()})
 	})
 	// For a look at what the load generator itself costs.
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -276,6 +278,25 @@ func (r *redirector) back(up *net.UDPConn, client netip.AddrPort) {
 			return
 		}
 	}
+}
+
+// schedLatencyMax is the longest a goroutine of this process waited to
+// run, so far, in milliseconds: when it nears the agents' idle timeout
+// (6s), their keep-alives are late because the load generator itself is
+// starved, not the proxy.
+func schedLatencyMax() float64 {
+	s := []rtmetrics.Sample{{Name: "/sched/latencies:seconds"}}
+	rtmetrics.Read(s)
+	if s[0].Value.Kind() != rtmetrics.KindFloat64Histogram {
+		return 0
+	}
+	h := s[0].Value.Float64Histogram()
+	for i := len(h.Counts) - 1; i >= 0; i-- {
+		if h.Counts[i] > 0 {
+			return h.Buckets[i] * 1000
+		}
+	}
+	return 0
 }
 
 // raiseFileLimit lifts RLIMIT_NOFILE to its hard limit: every agent has a
