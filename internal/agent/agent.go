@@ -417,9 +417,11 @@ func (a *Agent) session(ctx context.Context, conn transport.Conn, retire <-chan 
 	}
 	var wg sync.WaitGroup
 	defer func() {
-		// Close first: tunnels end with the connection, then wait for them.
+		// Close first: tunnels end with the connection, then wait for them
+		// and for the connection's own goroutines.
 		conn.CloseWithError(wire.CodeNoError, "agent shutting down")
 		wg.Wait()
+		conn.Wait()
 	}()
 	if err := a.authenticate(ctx, conn, cred); err != nil {
 		// A refusal closes the connection with an application error, which

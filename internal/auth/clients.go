@@ -82,15 +82,6 @@ type ClientSet struct {
 // Len is how many clients the set has.
 func (s *ClientSet) Len() int { return len(s.clients) }
 
-// Names returns the clients' names.
-func (s *ClientSet) Names() []string {
-	out := make([]string, 0, len(s.clients))
-	for n := range s.clients {
-		out = append(out, n)
-	}
-	return out
-}
-
 // CheckClientName reports why name cannot be a client's name, or nil: 1-64
 // bytes of A-Z a-z 0-9 . _ -, starting with a letter or digit, and not
 // OtherClient (the metrics label of clients not in the file).

@@ -34,9 +34,6 @@ func (s *RevokedSet) Has(jti string) bool {
 	return ok
 }
 
-// Len is how many jti the list names.
-func (s *RevokedSet) Len() int { return len(s.ids) }
-
 // ParseRevoked parses a revocation list; an error names the line.
 func ParseRevoked(data []byte) (*RevokedSet, error) {
 	if len(data) > MaxRevokedFileBytes {
@@ -94,9 +91,6 @@ func OpenRevokedFile(path string) (*RevokedFile, error) {
 	f.cur.Store(s)
 	return f, nil
 }
-
-// Path is the file's path.
-func (f *RevokedFile) Path() string { return f.path }
 
 // Has reports whether jti is revoked now. A nil *RevokedFile revokes
 // nothing.

@@ -255,7 +255,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, start, "", nil, target, http.StatusBadRequest, err.Error())
 		return
 	}
-	agentID, id, err := h.authenticate(r, target)
+	agentID, id, vouched, err := h.authenticate(r, target)
 	if err != nil {
 		w.Header().Set("Proxy-Authenticate", `Basic realm="reverse-http"`)
 		h.fail(w, r, start, agentID, nil, target, http.StatusProxyAuthRequired, err.Error())
@@ -275,7 +275,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	release := func() {}
-	if h.clients != nil && !h.countedElsewhere(r, agentID, target) {
+	if h.clients != nil && !h.countedElsewhere(r, agentID, vouched) {
 		addr := clientAddr(r.RemoteAddr)
 		if !h.clients.acquire(addr) {
 			h.fail(w, r, start, agentID, id, target, http.StatusTooManyRequests, fmt.Sprintf(
@@ -294,21 +294,26 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // countedElsewhere reports whether r was forwarded by another node that
 // counted it against its client's limit already: only if the node proves
-// it is a cluster member by signing its ForwardedHeader.
-func (h *Handler) countedElsewhere(r *http.Request, agentID, target string) bool {
-	v := r.Header.Get(ForwardedHeader)
-	if v == "" {
-		return false
-	}
-	_, err := checkForwardedFor(h.cfg.ClusterKey, v, agentID, target, time.Now())
+// it is a cluster member by signing its ForwardedHeader (vouched, as
+// authenticate verified it).
+func (h *Handler) countedElsewhere(r *http.Request, agentID string, vouched forwarded) bool {
 	switch {
-	case err == nil:
+	case !vouched.present:
+		return false
+	case vouched.err == nil:
 		return true
 	case len(h.cfg.ClusterKey) > 0:
 		h.log.Warn("forwarded request not verified: counted against its sender's --limits.tunnels-per-client",
-			"client", r.RemoteAddr, "agent", clip(agentID), "reason", err.Error())
+			"client", r.RemoteAddr, "agent", clip(agentID), "reason", vouched.err.Error())
 	}
 	return false
+}
+
+// forwarded is what a request's ForwardedHeader proved.
+type forwarded struct {
+	present  bool
+	err      error  // why it does not prove a cluster member sent it; nil: it does
+	certName string // the client certificate's name it vouches for, if any
 }
 
 // destination returns the host:port a request wants.
@@ -341,39 +346,43 @@ func destination(r *http.Request) (string, error) {
 	return target, nil
 }
 
-func (h *Handler) authenticate(r *http.Request, target string) (string, *auth.Identity, error) {
+// authenticate returns the agent ID r asks for, who its client is, and
+// what its ForwardedHeader proved (verified once, here: the MAC covers the
+// agent ID).
+func (h *Handler) authenticate(r *http.Request, target string) (string, *auth.Identity, forwarded, error) {
+	var fw forwarded
 	certName := ""
 	if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 && len(r.TLS.VerifiedChains[0]) > 0 {
 		// --http-proxy.tls.file.client-ca verified it (and its CRL).
 		certName = r.TLS.VerifiedChains[0][0].Subject.CommonName
-	}
-	if v := r.Header.Get(ForwardedHeader); v != "" && certName == "" && len(h.cfg.ClusterKey) > 0 {
-		// A cluster member that authenticated the client by its
-		// certificate vouches for its name.
-		if user, _, err := auth.ParseBasic(r.Header.Get("Proxy-Authorization")); err == nil {
-			if name, err := checkForwardedFor(h.cfg.ClusterKey, v, user, target, time.Now()); err == nil {
-				certName = name
-			}
-		}
 	}
 	hdr := r.Header.Get("Proxy-Authorization")
 	if hdr == "" {
 		if certName != "" {
 			// A certificate may stand for a client of the clients
 			// file; the agent ID still comes from a user name.
-			return "", nil, errors.New("proxy authentication required: user = agent ID (the client certificate stands for the password when the clients file names its CN)")
+			return "", nil, fw, errors.New("proxy authentication required: user = agent ID (the client certificate stands for the password when the clients file names its CN)")
 		}
-		return "", nil, errors.New("proxy authentication required: user = agent ID, password = token or noauth")
+		return "", nil, fw, errors.New("proxy authentication required: user = agent ID, password = token or noauth")
 	}
 	user, pass, err := auth.ParseBasic(hdr)
 	if err != nil {
-		return "", nil, err
+		return "", nil, fw, err
+	}
+	if v := r.Header.Get(ForwardedHeader); v != "" {
+		fw.present = true
+		fw.certName, fw.err = checkForwardedFor(h.cfg.ClusterKey, v, user, target, time.Now())
+		if fw.err == nil && certName == "" {
+			// A cluster member that authenticated the client by its
+			// certificate vouches for its name.
+			certName = fw.certName
+		}
 	}
 	id, err := h.authorize(auth.Credentials{User: user, Password: pass, CertName: certName})
 	if err != nil {
-		return user, nil, err
+		return user, nil, fw, err
 	}
-	return user, id, nil
+	return user, id, fw, nil
 }
 
 // authorize checks a client's credentials, user = agent ID and password =

@@ -469,8 +469,7 @@ func (s *Server) acceptTCP(ctx context.Context) error {
 			s.serve(ctx, conn, done)
 			// The Conn's own goroutines end within a second of its close;
 			// Run returns after them.
-			<-conn.Context().Done()
-			conn.(interface{ Wait() }).Wait()
+			conn.Wait()
 		})
 	}
 }

@@ -76,3 +76,8 @@ func (q *quicConn) TLS() tls.ConnectionState { return q.c.ConnectionState().TLS 
 func (q *quicConn) RTT() time.Duration       { return q.c.ConnectionStats().SmoothedRTT }
 func (q *quicConn) Received() uint64         { return q.c.ConnectionStats().PacketsReceived }
 func (q *quicConn) Transport() string        { return QUIC }
+
+// Wait returns once the connection is closed; quic-go's goroutines for it
+// end then (the Transport's, shared by its connections, with the
+// Transport).
+func (q *quicConn) Wait() { <-q.c.Context().Done() }

@@ -386,9 +386,12 @@ func (c *tcpConn) RTT() time.Duration       { return c.sess.RTT() }
 func (c *tcpConn) Received() uint64         { return c.counted.reads.Load() }
 func (c *tcpConn) Transport() string        { return TCP }
 
-// Wait returns once every goroutine of the Conn has ended; the Conn must
-// be closed.
-func (c *tcpConn) Wait() { c.wg.Wait() }
+// Wait returns once the Conn is closed and every goroutine of it has
+// ended, within a second of the close.
+func (c *tcpConn) Wait() {
+	<-c.ctx.Done()
+	c.wg.Wait()
+}
 
 // tcpStream is a yamux stream as a Stream.
 type tcpStream struct {

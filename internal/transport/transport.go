@@ -107,4 +107,7 @@ type Conn interface {
 	Received() uint64
 	// Transport is QUIC or TCP.
 	Transport() string
+	// Wait returns once the connection is closed and every goroutine it
+	// started has ended: a role's Run waits for it before it returns.
+	Wait()
 }
