@@ -493,42 +493,43 @@ func (h *Handler) connect(w http.ResponseWriter, r *http.Request, agentID string
 	o := relayOpen(Tunnel{Agent: agentID, Client: r.RemoteAddr, Identity: id.String(), Destination: target, Method: http.MethodConnect, Since: start}, id, &rt)
 	h.open.add(o)
 	if _, err := conn.Write([]byte("HTTP/1.1 200 Connection established\r\n\r\n")); err != nil {
-		h.open.remove(o)
 		tunnel.Close()
 		conn.Close()
-		release()
-		h.cfg.Metrics.Closed(0, 0)
-		h.logTunnel(agentID, id, r.RemoteAddr, target, r.Proto, start, relay.Result{Err: fmt.Errorf("client gone: %w", err)})
+		h.tunnelEnded(h.log, o, r.Proto, release, relay.Result{Err: fmt.Errorf("client gone: %w", err)})
 		return
 	}
 	// The relay runs in goroutines of its own and this one, whose stack
 	// grew deep in net/http and the dial, ends. Nothing of the request is
 	// kept: an open tunnel costs its two connections and two small stacks.
 	h.open.running.Add(1)
-	clientAddr, proto := r.RemoteAddr, r.Proto
+	proto := r.Proto
 	rt.Store(relay.StartIdle(relay.NewTCP(conn, brw.Reader), relay.AsConn(tunnel), h.idle, func(res relay.Result) {
 		defer h.open.running.Add(-1)
-		h.open.remove(o)
-		release()
-		h.cfg.Metrics.Closed(res.AToB, res.BToA)
-		h.logTunnel(agentID, id, clientAddr, target, proto, start, res)
+		h.tunnelEnded(h.log, o, proto, release, res)
 	}))
 	h.watch(o)
 }
 
-// logTunnel logs and audits the end of a CONNECT tunnel; proto is its
-// request's (HTTP/1.1, HTTP/2.0).
-func (h *Handler) logTunnel(agentID string, id *auth.Identity, client, target, proto string, start time.Time, res relay.Result) {
-	const method = http.MethodConnect
+// tunnelEnded books the end of o's tunnel (a CONNECT over proto, or a
+// SOCKS5 one with proto ""): it leaves the open set, release gives its
+// client's place back, and it is counted, logged to log and audited.
+func (h *Handler) tunnelEnded(log *slog.Logger, o *open, proto string, release func(), res relay.Result) {
+	h.open.remove(o)
+	release()
+	h.cfg.Metrics.Closed(res.AToB, res.BToA)
+	t := o.info
 	outcome := "ok"
 	if res.Err != nil {
 		outcome = res.Err.Error()
 	}
-	h.log.Info("tunnel closed", "agent", agentID, "client", client, "identity", id.String(), "method", method, "proto", proto, "destination", target,
-		"bytes_up", res.AToB, "bytes_down", res.BToA,
-		"duration", time.Since(start).Round(time.Millisecond).String(), "outcome", outcome)
-	e := audit.Entry{Agent: agentID, Client: client, Identity: id.String(), Method: method, Destination: target,
-		Status: http.StatusOK, Outcome: wire.OutcomeOK, BytesUp: res.AToB, BytesDown: res.BToA, Duration: time.Since(start)}
+	attrs := []any{"agent", t.Agent, "client", t.Client, "identity", t.Identity, "method", t.Method}
+	if proto != "" {
+		attrs = append(attrs, "proto", proto)
+	}
+	log.Info("tunnel closed", append(attrs, "destination", t.Destination, "bytes_up", res.AToB, "bytes_down", res.BToA,
+		"duration", time.Since(t.Since).Round(time.Millisecond).String(), "outcome", outcome)...)
+	e := audit.Entry{Agent: t.Agent, Client: t.Client, Identity: t.Identity, Method: t.Method, Destination: t.Destination,
+		Status: http.StatusOK, Outcome: wire.OutcomeOK, BytesUp: res.AToB, BytesDown: res.BToA, Duration: time.Since(t.Since)}
 	if res.Err != nil {
 		e.Reason = res.Err.Error()
 	}

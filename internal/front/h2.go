@@ -120,11 +120,8 @@ func (h *Handler) connectH2(w http.ResponseWriter, r *http.Request, agentID stri
 	h.open.add(o)
 	w.WriteHeader(http.StatusOK)
 	if err := rc.Flush(); err != nil {
-		h.open.remove(o)
 		tunnel.Abort()
-		release()
-		h.cfg.Metrics.Closed(0, 0)
-		h.logTunnel(agentID, id, r.RemoteAddr, target, r.Proto, start, relay.Result{Err: fmt.Errorf("client gone: %w", err)})
+		h.tunnelEnded(h.log, o, r.Proto, release, relay.Result{Err: fmt.Errorf("client gone: %w", err)})
 		panic(http.ErrAbortHandler)
 	}
 	s := &h2Stream{body: r.Body, w: w, rc: rc}
@@ -134,10 +131,7 @@ func (h *Handler) connectH2(w http.ResponseWriter, r *http.Request, agentID stri
 	// The handler's goroutine waits: the ResponseWriter must not outlive
 	// it, and net/http ends the stream when it returns.
 	res := <-done
-	h.open.remove(o)
-	release()
-	h.cfg.Metrics.Closed(res.AToB, res.BToA)
-	h.logTunnel(agentID, id, r.RemoteAddr, target, r.Proto, start, res)
+	h.tunnelEnded(h.log, o, r.Proto, release, res)
 	if res.Err != nil && !s.wroteEOF.Load() {
 		panic(http.ErrAbortHandler) // RST_STREAM, never a clean end
 	}

@@ -260,20 +260,14 @@ func (s *SOCKS5) handshake(c net.Conn) bool {
 	o := relayOpen(Tunnel{Agent: user, Client: r.client, Identity: r.id.String(), Destination: r.target, Method: SOCKS5Method, Since: r.start}, r.id, &rt)
 	s.h.open.add(o)
 	if err := socks5.WriteReply(c, socks5.Succeeded); err != nil {
-		s.h.open.remove(o)
 		tunnel.Close()
-		release()
-		s.h.cfg.Metrics.Closed(0, 0)
-		s.logTunnel(r, relay.Result{Err: fmt.Errorf("client gone: %w", err)})
+		s.h.tunnelEnded(s.log, o, "", release, relay.Result{Err: fmt.Errorf("client gone: %w", err)})
 		return false
 	}
 	s.h.open.running.Add(1)
 	rt.Store(relay.StartIdle(relay.NewTCP(c, br), relay.AsConn(tunnel), s.h.idle, func(res relay.Result) {
 		defer s.h.open.running.Add(-1)
-		s.h.open.remove(o)
-		release()
-		s.h.cfg.Metrics.Closed(res.AToB, res.BToA)
-		s.logTunnel(r, res)
+		s.h.tunnelEnded(s.log, o, "", release, res)
 	}))
 	s.h.watch(o)
 	return true
@@ -346,21 +340,4 @@ func (s *SOCKS5) refuse(r *socksRequest, status int, rep int, reason string) {
 	s.log.Info("request refused", append(attrs, "reason", reason)...)
 	s.h.cfg.Audit.Record(audit.Entry{Agent: r.agent, Client: r.client, Identity: r.id.String(), Method: r.method, Destination: r.target,
 		Status: status, Outcome: wire.Outcome(status), Reason: reason, Duration: time.Since(r.start)})
-}
-
-// logTunnel logs and audits a tunnel that ended, as Handler.logTunnel.
-func (s *SOCKS5) logTunnel(r *socksRequest, res relay.Result) {
-	outcome := "ok"
-	if res.Err != nil {
-		outcome = res.Err.Error()
-	}
-	s.log.Info("tunnel closed", "agent", r.agent, "client", r.client, "identity", r.id.String(), "method", SOCKS5Method, "destination", r.target,
-		"bytes_up", res.AToB, "bytes_down", res.BToA,
-		"duration", time.Since(r.start).Round(time.Millisecond).String(), "outcome", outcome)
-	e := audit.Entry{Agent: r.agent, Client: r.client, Identity: r.id.String(), Method: SOCKS5Method, Destination: r.target,
-		Status: http.StatusOK, Outcome: wire.OutcomeOK, BytesUp: res.AToB, BytesDown: res.BToA, Duration: time.Since(r.start)}
-	if res.Err != nil {
-		e.Reason = res.Err.Error()
-	}
-	s.h.cfg.Audit.Record(e)
 }
