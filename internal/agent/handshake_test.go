@@ -101,9 +101,11 @@ func TestHandshakeWithoutAnswer(t *testing.T) {
 	}
 }
 
-// TestHandshakeAnsweredIsNotNoAnswer: a proxy that answers, here with a
-// certificate the agent does not trust, is not reported as unreachable.
-func TestHandshakeAnsweredIsNotNoAnswer(t *testing.T) {
+// untrustedQUIC listens for QUIC on loopback with a self-signed
+// certificate the agents do not trust: a proxy that answers, but fails
+// every handshake.
+func untrustedQUIC(t *testing.T) *quic.Listener {
+	t.Helper()
 	cert, _, err := tlsconf.SelfSigned([]string{"localhost"})
 	if err != nil {
 		t.Fatal(err)
@@ -112,7 +114,14 @@ func TestHandshakeAnsweredIsNotNoAnswer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// TestHandshakeAnsweredIsNotNoAnswer: a proxy that answers, here with a
+// certificate the agent does not trust, is not reported as unreachable.
+func TestHandshakeAnsweredIsNotNoAnswer(t *testing.T) {
+	ln := untrustedQUIC(t)
 	go func() {
 		for {
 			c, err := ln.Accept(context.Background())
@@ -129,7 +138,7 @@ func TestHandshakeAnsweredIsNotNoAnswer(t *testing.T) {
 		TransportMode:    TransportQUIC,
 		HandshakeTimeout: 2 * time.Second,
 	}, slog.New(slog.NewTextHandler(&lockedBuffer{}, nil)))
-	_, err = a.session(context.Background(), nil, nil, func(string) {}, func() {})
+	_, err := a.session(context.Background(), nil, nil, func(string) {}, func() {})
 	var na *noAnswerError
 	if err == nil || errors.As(err, &na) {
 		t.Fatalf("session: %v, want a TLS failure, not a no-answer error", err)
@@ -174,15 +183,7 @@ func TestAutoFallback(t *testing.T) {
 		t.Fatalf("no answer over UDP: %d TCP attempts, want 1 at once", n)
 	}
 
-	cert, _, err := tlsconf.SelfSigned([]string{"localhost"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := quic.ListenAddr("127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{wire.ALPN}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	ln := untrustedQUIC(t)
 	a = newAgent(ln.Addr().String())
 	tcpDials.Store(0)
 	for i := 1; i <= quicFallbackAfter; i++ {

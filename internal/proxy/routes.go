@@ -259,18 +259,15 @@ func (r *Routes) renew(ctx context.Context) {
 	for _, cf := range conflicts {
 		since := r.claimed[cf.ID]
 		ours := route.Route{Addr: r.cfg.Addr, Since: since}
-		if cf.Member && dead[cf.ID] {
-			r.log.Warn("agent reconnected to another proxy in the same second, and its connection here is silent: closing it",
-				"agent", cf.ID, "route", cf.Route.Addr)
-			if r.srv.Drop(Session{ID: cf.ID, Since: since}, wire.CodeReplaced,
-				"agent "+cf.ID+" is connected to another proxy ("+cf.Route.Addr+")") {
-				delete(r.claimed, cf.ID)
-			}
-			continue
+		var why string
+		switch {
+		case cf.Member && dead[cf.ID]:
+			why = "agent reconnected to another proxy in the same second, and its connection here is silent: closing it"
+		case cf.Member && cf.Route.Wins(ours):
+			why = "agent reconnected to another proxy: closing the stale connection here"
 		}
-		if cf.Member && cf.Route.Wins(ours) {
-			r.log.Warn("agent reconnected to another proxy: closing the stale connection here",
-				"agent", cf.ID, "route", cf.Route.Addr)
+		if why != "" {
+			r.log.Warn(why, "agent", cf.ID, "route", cf.Route.Addr)
 			if r.srv.Drop(Session{ID: cf.ID, Since: since}, wire.CodeReplaced,
 				"agent "+cf.ID+" is connected to another proxy ("+cf.Route.Addr+")") {
 				delete(r.claimed, cf.ID)
