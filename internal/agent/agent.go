@@ -216,6 +216,21 @@ type sessionEnd struct {
 // start over.
 const healthyAfter = 30 * time.Second
 
+// A draining proxy refuses new connections with CodeShutdown ("connect to
+// another proxy"). Behind a UDP load balancer that hashes the source
+// address, every attempt (from a new port) reaches a proxy at random, so
+// the agent tries again soon: up to drainRetries times in a row, each
+// after drainRetryMin to drainRetryMax, before it falls back to the
+// exponential backoff. With two proxies, all of them reach the draining
+// one with chance 2^-(drainRetries+1); a fleet whose only proxy drains
+// costs it drainRetries refused handshakes per agent. The count starts
+// over once a connection authenticates.
+const (
+	drainRetries  = 16
+	drainRetryMin = 50 * time.Millisecond
+	drainRetryMax = 300 * time.Millisecond
+)
+
 // Run serves the admin endpoint, if any, and connects, serves tunnels
 // and reconnects until ctx ends; the audit log's writer, if any, runs
 // until all of that has ended. It returns after every goroutine it started
@@ -291,6 +306,7 @@ func closed(c <-chan struct{}) bool {
 func (a *Agent) connect(ctx context.Context) error {
 	b := backoff{base: 200 * time.Millisecond, max: a.cfg.BackoffMax}
 	dupWait := time.Duration(0) // the last wait after a CodeDuplicate refusal
+	drainLeft := drainRetries   // quick retries left after draining proxies' refusals
 	// Sessions run in goroutines of their own: after a move the old one
 	// goes on, with its tunnels, while the next one connects.
 	var sessions sync.WaitGroup
@@ -360,8 +376,21 @@ func (a *Agent) connect(ctx context.Context) error {
 		if connected > 0 && !duplicate {
 			dupWait = 0
 		}
-		wait := b.next()
+		if connected > 0 {
+			drainLeft = drainRetries
+		}
+		draining := connected == 0 && errors.As(err, &appErr) && appErr.Remote && appErr.ErrorCode == wire.CodeShutdown
+		var wait time.Duration
+		if !draining || drainLeft == 0 {
+			wait = b.next() // quick retries leave the backoff where it was
+		}
 		switch {
+		case wait == 0:
+			drainLeft--
+			wait = drainRetryMin + rand.N(drainRetryMax-drainRetryMin)
+			a.log.Info("proxy is draining and refused this connection: trying again soon to reach another proxy",
+				"server", a.cfg.ServerAddr, "reason", appErr.ErrorMessage, "retry_in", wait.Round(time.Millisecond).String(),
+				"quick_retries_left", drainLeft)
 		case errors.As(err, &appErr) && appErr.Remote && appErr.ErrorCode == wire.CodeReplaced:
 			wait = a.cfg.ReplacedWait
 			a.log.Warn("proxy closed this connection: another agent connected with the same ID; waiting before reconnecting",

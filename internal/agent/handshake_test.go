@@ -7,6 +7,8 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -198,4 +200,92 @@ func TestAutoFallback(t *testing.T) {
 			t.Fatalf("answered QUIC failure %d: %d TCP attempts, want %d", i, n, want)
 		}
 	}
+}
+
+// TestDrainingRefusalsRetryQuickly: a proxy that refuses the agent because
+// it drains (CodeShutdown) is tried again after drainRetryMin to
+// drainRetryMax, drainRetries times in a row, so that a load balancer that
+// hashes the source port soon sends the agent to another proxy; then the
+// exponential backoff resumes where it was, at its start.
+func TestDrainingRefusalsRetryQuickly(t *testing.T) {
+	cert, _, err := tlsconf.SelfSigned([]string{"127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := quic.ListenAddr("127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{wire.ALPN}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var refused atomic.Int32
+	go func() {
+		for {
+			c, err := ln.Accept(context.Background())
+			if err != nil {
+				return
+			}
+			refused.Add(1)
+			c.CloseWithError(wire.CodeShutdown, "proxy shutting down: connect to another proxy")
+		}
+	}()
+	logs := &lockedBuffer{}
+	a := New(Config{
+		ServerAddr:    ln.Addr().String(),
+		TLS:           &tls.Config{InsecureSkipVerify: true},
+		Credential:    func() (string, error) { return "4711", nil },
+		TransportMode: TransportQUIC,
+	}, slog.New(slog.NewTextHandler(logs, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.connect(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+
+	quick := regexp.MustCompile(`msg="proxy is draining and refused this connection: trying again soon to reach another proxy" .*retry_in=(\S+) quick_retries_left=(\d+)`)
+	backoff := regexp.MustCompile(`msg="connection to proxy ended" .*Application error 0x102 \(remote\).* retry_in=(\S+)`)
+	var lines []string
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		lines = strings.Split(strings.TrimSpace(logs.String()), "\n")
+		if backoff.MatchString(logs.String()) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no return to the backoff after %d refusals; log:\n%s", refused.Load(), logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	n := 0
+	for _, l := range lines {
+		if m := quick.FindStringSubmatch(l); m != nil {
+			wait, err := time.ParseDuration(m[1])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if wait < drainRetryMin || wait > drainRetryMax {
+				t.Errorf("quick retry %d waits %s, want %s to %s", n+1, wait, drainRetryMin, drainRetryMax)
+			}
+			if left := m[2]; left != strconv.Itoa(drainRetries-n-1) {
+				t.Errorf("quick retry %d: quick_retries_left=%s, want %d", n+1, left, drainRetries-n-1)
+			}
+			n++
+			continue
+		}
+		if m := backoff.FindStringSubmatch(l); m != nil {
+			if n != drainRetries {
+				t.Errorf("backoff resumed after %d quick retries, want %d", n, drainRetries)
+			}
+			wait, err := time.ParseDuration(m[1])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if wait > 201*time.Millisecond {
+				t.Errorf("first backoff after the quick retries waits %s, want at most the backoff's base (200ms): quick retries leave it where it was", wait)
+			}
+			return
+		}
+	}
+	t.Fatalf("log has no return to the backoff:\n%s", logs.String())
 }
