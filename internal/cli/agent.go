@@ -200,7 +200,7 @@ func (c *AgentCmd) reloader(e *Env, tlsFiles *tlsconf.Reloadable) reload.Load {
 		if !slices.Equal(list, whitelist) {
 			u.Changed = append(u.Changed, "--agent-client.host-whitelist")
 		}
-		then(u, func() { whitelist = list })
+		u.Then(func() { whitelist = list })
 		return u, nil
 	}
 }

@@ -72,15 +72,6 @@ func (r *reloader) begin() (*CLI, *reload.Update, error) {
 	return next, u, nil
 }
 
-// then adds apply to what u.Apply does.
-func then(u *reload.Update, apply func()) {
-	first := u.Apply
-	u.Apply = func() {
-		first()
-		apply()
-	}
-}
-
 // restartOnly returns the flags (as "--name") whose values differ between
 // the running parse and the next one, other than those in reloadable.
 func restartOnly(running, next *kong.Context, reloadable []string) []string {
@@ -158,7 +149,7 @@ func clientSideReload(e *Env, tls []reloadTLS, cs clientSide, running AuthVerifi
 		if a.JWT.AgentsClaim != cur.JWT.AgentsClaim {
 			u.Changed = append(u.Changed, "--auth.jwt.agents-claim")
 		}
-		then(u, func() { applyFiles(); cur, curKey, whitelist = a, key, list })
+		u.Then(func() { applyFiles(); cur, curKey, whitelist = a, key, list })
 		return u, nil
 	}
 }

@@ -189,13 +189,7 @@ func (n *Node) Run(ctx context.Context) error {
 				n.front.SetAuth(u.Auth)
 				// Once u.Apply put the re-read auth files in force,
 				// end the tunnels of clients that no longer hold.
-				prev := u.Apply
-				u.Apply = func() {
-					if prev != nil {
-						prev()
-					}
-					n.front.Revalidate()
-				}
+				u.Then(func() { n.front.Revalidate() })
 			})
 		})
 	}

@@ -334,20 +334,9 @@ func (n *Node) apply(u *reload.Update) {
 	n.front.SetAllow(u.Allow)
 	n.front.SetAuth(u.Auth)
 	n.agents.SetAuth(u.Auth)
-	revalidateAfter(u, n.front)
-}
-
-// revalidateAfter makes u, once applied in full (its Apply puts the
-// re-read auth files in force), end the tunnels of clients that no
-// longer hold.
-func revalidateAfter(u *reload.Update, f *front.Handler) {
-	prev := u.Apply
-	u.Apply = func() {
-		if prev != nil {
-			prev()
-		}
-		f.Revalidate()
-	}
+	// Once u.Apply put the re-read auth files in force, end the tunnels
+	// of clients that no longer hold.
+	u.Then(func() { n.front.Revalidate() })
 }
 
 // SelfAddress is the address a proxy whose client listener was asked for

@@ -41,6 +41,17 @@ type Update struct {
 	Apply func()
 }
 
+// Then makes u's Apply also call f, after what it did already.
+func (u *Update) Then(f func()) {
+	prev := u.Apply
+	u.Apply = func() {
+		if prev != nil {
+			prev()
+		}
+		f()
+	}
+}
+
 // Load parses the configuration again and checks it. An error names the
 // setting at fault; nothing of it applies.
 type Load func() (*Update, error)

@@ -58,3 +58,15 @@ func TestOnce(t *testing.T) {
 		})
 	}
 }
+
+// TestThen: Then chains after what Apply did, also when Apply was nil.
+func TestThen(t *testing.T) {
+	var order []string
+	u := &reload.Update{}
+	u.Then(func() { order = append(order, "a") })
+	u.Then(func() { order = append(order, "b") })
+	u.Apply()
+	if got := strings.Join(order, ","); got != "a,b" {
+		t.Fatalf("applied %q, want a,b", got)
+	}
+}
