@@ -20,7 +20,7 @@ type Metrics struct {
 
 	AgentsConnected  prometheus.Gauge
 	AgentsTransport  *prometheus.GaugeVec
-	AgentConnections *prometheus.CounterVec // outcome: authenticated, auth_failed, replaced, closed, duplicate, over_limit, rate_limited, busy
+	AgentConnections *prometheus.CounterVec // outcome: authenticated, auth_failed, handshake_failed, replaced, closed, duplicate, over_limit, rate_limited, busy
 	TunnelsOpen      prometheus.Gauge
 	Tunnels          *prometheus.CounterVec // kind: connect, forward, socks5, agent, invalid; outcome: see wire.Outcome
 	TunnelBytes      *prometheus.CounterVec // direction: up (client to destination), down
@@ -53,7 +53,7 @@ func New() *Metrics {
 			Name: "reverse_http_agents_connected", Help: "Agents connected to this proxy, or 1 if this agent is connected.",
 		}),
 		AgentConnections: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "reverse_http_agent_connections_total", Help: "Agent connections by outcome: authenticated, auth_failed (credential refused, or agent ID not named by its client certificate), replaced (another connection took its ID), closed (ended otherwise), duplicate (refused with 0x104: the ID is in use by a live agent), over_limit (--limits.agents), rate_limited (--limits.agent-handshakes-per-second), busy (--limits.agent-handshakes-in-flight).",
+			Name: "reverse_http_agent_connections_total", Help: "Agent connections by outcome: authenticated, auth_failed (credential refused, or agent ID not named by its client certificate), handshake_failed (the TLS handshake failed or did not finish: a wrong certificate or protocol, not an agent, a timeout), replaced (another connection took its ID), closed (ended otherwise), duplicate (refused with 0x104: the ID is in use by a live agent), over_limit (--limits.agents), rate_limited (--limits.agent-handshakes-per-second), busy (--limits.agent-handshakes-in-flight).",
 		}, []string{"outcome"}),
 		TunnelsOpen: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "reverse_http_tunnels_open", Help: "Tunnels open now.",

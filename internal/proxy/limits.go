@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -54,8 +56,12 @@ var (
 // handshake timeout, handshakes time out half done, the agents retry, and
 // the wasted work grows until the connected agents' keep-alives go
 // unread too. Refused early, an agent backs off at the cost of one
-// packet. Refusals are logged at most once per second, with how many
-// there were.
+// packet.
+//
+// It also counts the connections admitted whose TLS handshake failed or
+// never finished (a wrong certificate, not an agent, a timeout). Refusals
+// and failures are logged at most once per second each, with how many
+// there were, so that strangers cannot flood the log.
 type handshakeLimiter struct {
 	rate, burst float64 // rate 0: no rate limit
 	maxInFlight int64   // 0: no bound
@@ -70,6 +76,21 @@ type handshakeLimiter struct {
 	refusedBusy int      // since the last log line
 	lastAddr    net.Addr // of the last refused connection
 	logged      time.Time
+	// recent and older remember the QUIC addresses refused in this
+	// second and the one before (see admit).
+	recent, older map[netip.AddrPort]error
+	recentSince   time.Time
+	failures      int // since the last log line
+	lastFailure   failure
+	failLogged    time.Time
+	timer         *time.Timer // logs what is pending; nil when nothing is
+}
+
+// failure is a failed agent TLS handshake.
+type failure struct {
+	remote    net.Addr
+	transport string
+	err       error
 }
 
 func newHandshakeLimiter(rate float64, burst, maxInFlight int, log *slog.Logger, m *metrics.Metrics) *handshakeLimiter {
@@ -83,12 +104,23 @@ func newHandshakeLimiter(rate float64, burst, maxInFlight int, log *slog.Logger,
 // admit admits a new connection, or refuses it with errHandshakeBusy or
 // errHandshakeRate. done, called once the connection authenticated, was
 // refused or ended (more calls do nothing), gives its place back.
-func (l *handshakeLimiter) admit(now time.Time, remote net.Addr) (done func(), err error) {
-	if l == nil {
-		return func() {}, nil
-	}
+//
+// A QUIC connection (quic true) from an address refused within the last
+// second or two is refused again, and not counted: a ClientHello with a
+// post-quantum key share spans two Initial packets, and the second, if a
+// place had come free meanwhile, would otherwise be admitted as a
+// connection of its own that can never finish, holding a place until the
+// handshake timeout.
+func (l *handshakeLimiter) admit(now time.Time, remote net.Addr, quic bool) (done func(), err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	var ap netip.AddrPort
+	if u, ok := remote.(*net.UDPAddr); ok && quic {
+		ap = u.AddrPort()
+		if err := l.refusedRecently(now, ap); err != nil {
+			return nil, err
+		}
+	}
 	switch {
 	case l.maxInFlight > 0 && l.inFlight >= l.maxInFlight:
 		err = errHandshakeBusy
@@ -101,8 +133,11 @@ func (l *handshakeLimiter) admit(now time.Time, remote net.Addr) (done func(), e
 	}
 	if err != nil {
 		l.lastAddr = remote
+		l.remember(ap, err)
 		if now.Sub(l.logged) >= time.Second {
 			l.report(now)
+		} else {
+			l.later(l.logged.Add(time.Second).Sub(now))
 		}
 		return nil, err
 	}
@@ -115,6 +150,62 @@ func (l *handshakeLimiter) admit(now time.Time, remote net.Addr) (done func(), e
 			l.mu.Unlock()
 		})
 	}, nil
+}
+
+// maxRecent bounds each generation of remembered refusals: in a storm
+// past it, second halves of ClientHellos are refused or admitted as
+// before, and counted again.
+const maxRecent = 8192
+
+// refusedRecently returns the error ap was refused with within the last
+// one to two seconds, if it was. l.mu must be held.
+func (l *handshakeLimiter) refusedRecently(now time.Time, ap netip.AddrPort) error {
+	if age := now.Sub(l.recentSince); age >= time.Second {
+		l.older, l.recent = l.recent, nil
+		if age >= 2*time.Second {
+			l.older = nil
+		}
+		l.recentSince = now
+	}
+	if err, ok := l.recent[ap]; ok {
+		return err
+	}
+	return l.older[ap]
+}
+
+// remember records that ap was refused with err. l.mu must be held.
+func (l *handshakeLimiter) remember(ap netip.AddrPort, err error) {
+	if !ap.IsValid() || len(l.recent) >= maxRecent {
+		return
+	}
+	if l.recent == nil {
+		l.recent = make(map[netip.AddrPort]error)
+	}
+	l.recent[ap] = err
+}
+
+// fail counts a connection admitted whose TLS handshake failed or did
+// not finish within the handshake timeout; it is logged with the next
+// line of failures.
+func (l *handshakeLimiter) fail(now time.Time, remote net.Addr, tr string, err error) {
+	l.metrics.Session("handshake_failed")
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.failures++
+	l.lastFailure = failure{remote, tr, err}
+	if now.Sub(l.failLogged) >= time.Second {
+		l.reportFailures(now)
+	} else {
+		l.later(l.failLogged.Add(time.Second).Sub(now))
+	}
+}
+
+// later logs what is pending after d, unless a timer for that runs
+// already. l.mu must be held.
+func (l *handshakeLimiter) later(d time.Duration) {
+	if l.timer == nil {
+		l.timer = time.AfterFunc(d, l.flush)
+	}
 }
 
 // take takes a token if there is one. l.mu must be held.
@@ -147,39 +238,72 @@ func (l *handshakeLimiter) report(now time.Time) {
 	l.logged = now
 }
 
-// flush logs refusals not logged yet; nil-safe.
+// reportFailures logs the failed handshakes since the last line. l.mu must
+// be held.
+func (l *handshakeLimiter) reportFailures(now time.Time) {
+	f := l.lastFailure
+	l.log.Warn("agent TLS handshakes failed", "failed", l.failures, "last_remote", f.remote.String(),
+		"last_transport", f.transport, "last_error", f.err.Error())
+	l.failures = 0
+	l.failLogged = now
+}
+
+// flush logs the refusals and failures not logged yet.
 func (l *handshakeLimiter) flush() {
-	if l == nil {
-		return
-	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.timer != nil {
+		l.timer.Stop()
+		l.timer = nil
+	}
+	now := time.Now()
 	if l.refusedBusy+l.refusedRate > 0 {
-		l.report(time.Now())
+		l.report(now)
+	}
+	if l.failures > 0 {
+		l.reportFailures(now)
 	}
 }
 
-// handshakeDoneKey holds, in an admitted QUIC connection's context, the
-// done function of its place.
-type handshakeDoneKey struct{}
+// handshakeKey holds, in an admitted QUIC connection's context, its
+// *place.
+type handshakeKey struct{}
+
+// place is an admitted QUIC connection's place among the handshakes in
+// flight.
+type place struct {
+	done     func()
+	accepted atomic.Bool // the handshake finished and the listener returned it
+}
 
 // connContext is the quic.Transport's ConnContext: it refuses a new
 // connection (CONNECTION_REFUSED, before any TLS work) that admit
 // refuses. The place of one admitted is given back when the connection
-// ends (ctx is cancelled then) or by handshakeDone.
+// ends (ctx is cancelled then, with the cause) or by the done function
+// handshakeDone returns; one that ends before the listener returned it
+// failed its TLS handshake.
 func (l *handshakeLimiter) connContext(ctx context.Context, info *quic.ClientInfo) (context.Context, error) {
-	done, err := l.admit(time.Now(), info.RemoteAddr)
+	done, err := l.admit(time.Now(), info.RemoteAddr, true)
 	if err != nil {
 		return nil, err
 	}
-	context.AfterFunc(ctx, done)
-	return context.WithValue(ctx, handshakeDoneKey{}, done), nil
+	p := &place{done: done}
+	context.AfterFunc(ctx, func() {
+		if !p.accepted.Load() {
+			l.fail(time.Now(), info.RemoteAddr, transport.QUIC, context.Cause(ctx))
+		}
+		done()
+	})
+	return context.WithValue(ctx, handshakeKey{}, p), nil
 }
 
-// handshakeDone is the done function in ctx, or one that does nothing.
+// handshakeDone marks the QUIC connection whose context is ctx as
+// accepted and returns the done function of its place (one that does
+// nothing if it has none).
 func handshakeDone(ctx context.Context) func() {
-	if done, ok := ctx.Value(handshakeDoneKey{}).(func()); ok {
-		return done
+	if p, ok := ctx.Value(handshakeKey{}).(*place); ok {
+		p.accepted.Store(true)
+		return p.done
 	}
 	return func() {}
 }

@@ -5,15 +5,21 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"log/slog"
+	"net"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/quic-go/quic-go"
 
 	"github.com/reverse-http/reverse-http/internal/auth"
+	"github.com/reverse-http/reverse-http/internal/metrics"
 	"github.com/reverse-http/reverse-http/internal/proxy"
 	"github.com/reverse-http/reverse-http/internal/wire"
 )
@@ -188,8 +194,15 @@ func TestHandshakeRateLimit(t *testing.T) {
 		}
 		t.Fatalf("connection over the rate: %v, want CONNECTION_REFUSED", err)
 	}
-	if n := strings.Count(logs.String(), `msg="agent handshakes refused"`); n != 1 {
-		t.Errorf("%d log lines for 3 refusals within a second, want 1:\n%s", n, logs)
+	// Refusals are logged at most once a second, and every one is: the
+	// first at once, those after it within the second a second later.
+	var lines []string
+	waitFor(t, "the 3 refusals logged", func() bool {
+		lines = logLines(logs.String(), "agent handshakes refused")
+		return sumField(t, lines, "refused") == 3
+	})
+	if len(lines) > 2 {
+		t.Errorf("%d log lines for 3 refusals within about a second, want at most 2:\n%s", len(lines), logs)
 	}
 	if !strings.Contains(logs.String(), "--limits.agent-handshakes-per-second") {
 		t.Errorf("log does not name the flag:\n%s", logs)
@@ -208,12 +221,10 @@ func TestHandshakesInFlight(t *testing.T) {
 	// the whole test, however slow the machine.
 	srv, logs := startLimitedProxy(t, proxy.Config{HandshakesInFlight: 2, AuthTimeout: time.Minute})
 	addr := srv.Addr().String()
-	// X25519 alone: a ClientHello with Go's default X25519MLKEM768 key
-	// share spans two Initial packets, and the second, arriving once a
-	// place is free again, would be admitted as a connection of its own
-	// after the first was refused: a half handshake holding a place until
-	// the proxy's handshake timeout (a known cost of the bound).
-	tlsConf := &tls.Config{InsecureSkipVerify: true, NextProtos: []string{wire.ALPN}, CurvePreferences: []tls.CurveID{tls.X25519}}
+	// Go's default key shares (X25519MLKEM768): the ClientHello spans two
+	// Initial packets. The second packet of a refused one, arriving once
+	// a place is free again, is refused too (it could never finish).
+	tlsConf := &tls.Config{InsecureSkipVerify: true, NextProtos: []string{wire.ALPN}}
 	// A dial that gave up would leave the proxy a handshake holding its
 	// place until the proxy's own timeout: give up late.
 	dial := func() (*quic.Conn, error) {
@@ -284,4 +295,115 @@ func TestHandshakesInFlight(t *testing.T) {
 	if !strings.Contains(logs.String(), "--limits.agent-handshakes-in-flight") {
 		t.Errorf("log does not name the flag:\n%s", logs)
 	}
+}
+
+// logLines returns the lines of logs whose msg is msg.
+func logLines(logs, msg string) []string {
+	var out []string
+	for _, l := range strings.Split(logs, "\n") {
+		if strings.Contains(l, `msg="`+msg+`"`) {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// sumField adds up the integer field name of lines.
+func sumField(t *testing.T, lines []string, name string) int {
+	t.Helper()
+	re := regexp.MustCompile(` ` + name + `=(\d+)`)
+	n := 0
+	for _, l := range lines {
+		m := re.FindStringSubmatch(l)
+		if m == nil {
+			t.Fatalf("no %s= in %s", name, l)
+		}
+		v, _ := strconv.Atoi(m[1])
+		n += v
+	}
+	return n
+}
+
+// TestHandshakeFailures: connections admitted whose TLS handshake fails
+// (a QUIC client without our ALPN, a TCP client that speaks no TLS) or
+// never finishes (a QUIC client gone after its first packet) are counted
+// as handshake_failed and logged at most once a second, with how many
+// and the last one's cause; none registers or holds a place.
+func TestHandshakeFailures(t *testing.T) {
+	m := metrics.New()
+	srv, logs := startLimitedProxy(t, proxy.Config{TCPListenAddr: "127.0.0.1:0", HandshakesInFlight: 2,
+		AuthTimeout: 500 * time.Millisecond, Metrics: m})
+	addr := srv.Addr().String()
+
+	// A QUIC client that offers another protocol.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	_, err := quic.DialAddr(ctx, addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h3"}}, nil)
+	cancel()
+	if err == nil {
+		t.Fatal("a QUIC client offering h3 connected")
+	}
+	// A TCP client that speaks HTTP instead of TLS.
+	c, err := net.Dial("tcp", srv.TCPAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	io.Copy(io.Discard, c)
+	c.Close()
+	// A QUIC client whose packets after its ClientHello are lost: the
+	// proxy's half of the handshake times out (AuthTimeout).
+	udp, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING", "true") // not a *net.UDPConn
+	sent := 0
+	tr := &quic.Transport{Conn: &lossyConn{PacketConn: udp, pass: func() bool { sent++; return sent <= 2 }}}
+	defer tr.Close()
+	raddr, _ := net.ResolveUDPAddr("udp", addr)
+	// The client may think itself connected: it sent its Finished.
+	ctx, cancel = context.WithTimeout(context.Background(), 300*time.Millisecond)
+	tr.Dial(ctx, raddr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{wire.ALPN}}, nil)
+	cancel()
+
+	var lines []string
+	waitFor(t, "3 failed handshakes logged", func() bool {
+		lines = logLines(logs.String(), "agent TLS handshakes failed")
+		return sumField(t, lines, "failed") == 3
+	})
+	all := strings.Join(lines, "\n")
+	for _, want := range []string{"last_transport=quic", "last_remote=127.0.0.1:", "last_error="} {
+		if !strings.Contains(all, want) {
+			t.Errorf("failure lines lack %s:\n%s", want, all)
+		}
+	}
+	var mc dto.Metric
+	m.AgentConnections.WithLabelValues("handshake_failed").Write(&mc)
+	if v := mc.GetCounter().GetValue(); v != 3 {
+		t.Errorf("handshake_failed counted %v, want 3", v)
+	}
+	// Every place is free again: two agents authenticate at once.
+	dialAgent(t, addr, "a")
+	dialAgent(t, addr, "b")
+	if srv.Agents() != 2 {
+		t.Errorf("agents %v", srv.Sessions())
+	}
+}
+
+// lossyConn is a PacketConn that sends a packet only if pass, called
+// for each under a lock, says so, and drops it silently otherwise.
+type lossyConn struct {
+	net.PacketConn
+	mu   sync.Mutex
+	pass func() bool
+}
+
+func (c *lossyConn) WriteTo(p []byte, addr net.Addr) (int, error) {
+	c.mu.Lock()
+	pass := c.pass()
+	c.mu.Unlock()
+	if !pass {
+		return len(p), nil
+	}
+	return c.PacketConn.WriteTo(p, addr)
 }

@@ -125,7 +125,7 @@ type Server struct {
 	// maxDupEntries, so it is bounded by the IDs replaced in one window.
 	dups map[string]*dupState
 	wg   sync.WaitGroup
-	hs   *handshakeLimiter // nil without a handshake rate limit or bound
+	hs   *handshakeLimiter // admits agent connections; counts failed handshakes
 	// authn is Config.Auth, or what SetAuth put in its place.
 	authn atomic.Pointer[auth.Authenticator]
 }
@@ -209,9 +209,7 @@ func New(cfg Config, log *slog.Logger) *Server {
 	}
 	s := &Server{cfg: cfg, log: log, agents: make(map[string]*session), retiring: make(map[*session]struct{}), dups: make(map[string]*dupState)}
 	s.SetAuth(cfg.Auth)
-	if cfg.HandshakesPerSecond > 0 || cfg.HandshakesInFlight > 0 {
-		s.hs = newHandshakeLimiter(cfg.HandshakesPerSecond, cfg.HandshakeBurst, cfg.HandshakesInFlight, log, cfg.Metrics)
-	}
+	s.hs = newHandshakeLimiter(cfg.HandshakesPerSecond, cfg.HandshakeBurst, cfg.HandshakesInFlight, log, cfg.Metrics)
 	return s
 }
 
@@ -237,9 +235,7 @@ func (s *Server) Listen() error {
 		return fmt.Errorf("agent server: listen on %s: %w", s.cfg.ListenAddr, err)
 	}
 	tr := &quic.Transport{Conn: udp, StatelessResetKey: s.cfg.StatelessResetKey}
-	if s.hs != nil {
-		tr.ConnContext = s.hs.connContext
-	}
+	tr.ConnContext = s.hs.connContext
 	ln, err := tr.Listen(tlsConf, s.quicConfig())
 	if err != nil {
 		udp.Close()
@@ -453,7 +449,7 @@ func (s *Server) acceptTCP(ctx context.Context) error {
 			}
 			return fmt.Errorf("agent server: accept on %s (TCP): %w", s.tcpLn.Addr(), err)
 		}
-		done, err := s.hs.admit(time.Now(), raw.RemoteAddr())
+		done, err := s.hs.admit(time.Now(), raw.RemoteAddr(), false)
 		if err != nil {
 			raw.Close()
 			continue
@@ -462,8 +458,7 @@ func (s *Server) acceptTCP(ctx context.Context) error {
 			conn, err := s.handshakeTCP(ctx, raw)
 			if err != nil {
 				done()
-				s.log.Warn("agent TLS handshake failed", "remote", raw.RemoteAddr().String(), "transport", transport.TCP, "error", err)
-				s.cfg.Metrics.Session("auth_failed")
+				s.hs.fail(time.Now(), raw.RemoteAddr(), transport.TCP, err)
 				return
 			}
 			s.serve(ctx, conn, done)
