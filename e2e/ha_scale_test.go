@@ -523,7 +523,10 @@ func TestHARoutesHoldAtScale(t *testing.T) {
 	mc := startMemcached(t, progs)
 	slow := startDelayRelay(t, mc.addr, storeDelay)
 	key := writeClusterKey(t)
-	p := startSlowStoreProxy(t, slow.addr, "--store.cluster-key="+key, "--log.level=debug")
+	// The default stop time: the e2e's 5s is too short to tell 10,000
+	// agents to move, release their routes 2ms away and close them on a
+	// loaded machine (it exited 1 once, after 5.3s).
+	p := startSlowStoreProxy(t, slow.addr, "--store.cluster-key="+key, "--log.level=debug", "--shutdown-timeout=30s")
 	lb := startLB(t, &memcached{addr: slow.addr}, "--store.cluster-key="+key)
 	origin := startHTTPOrigin(t, false)
 
