@@ -47,9 +47,6 @@ type Config struct {
 	DialTimeout time.Duration
 	// IdleTimeout closes an agent connection that was silent this long.
 	// Zero means 30s. The agent's own setting applies when it is shorter.
-	// Over QUIC the proxy pings an agent it has not heard from for a
-	// third of it (at most half the negotiated timeout), so it drops a
-	// dead agent up to that much later.
 	IdleTimeout time.Duration
 	// StatelessResetKey, if not nil, lets this proxy reset connections it
 	// does not know (a restarted or failed-over proxy sharing the key makes
@@ -217,21 +214,9 @@ func New(cfg Config, log *slog.Logger) *Server {
 }
 
 // QUICConfig is the proxy's QUIC configuration.
-//
-// The proxy sends keep-alives too, but only to an agent it has not heard
-// from for a third of its idle timeout (quic-go caps that at half the
-// negotiated one): an agent pings every --agent-client.keep-alive, so
-// normally they never fire. They matter when the agent's pings were lost
-// (a loaded proxy's socket overflowing, a lossy path): the agent's loss
-// recovery then backs off exponentially, its next probe can come after
-// the proxy's idle timeout, and the proxy would drop a live agent that
-// goes on thinking itself connected until its own timeout, which quic-go
-// stretches to three probe timeouts when round trips were slow. The
-// proxy's ping, answered, keeps such a connection.
 func (s *Server) quicConfig() *quic.Config {
 	return &quic.Config{
 		MaxIdleTimeout:        s.cfg.IdleTimeout,
-		KeepAlivePeriod:       s.cfg.IdleTimeout / 3,
 		HandshakeIdleTimeout:  s.cfg.AuthTimeout,
 		MaxIncomingStreams:    1, // the authentication stream; tunnels are opened by us
 		MaxIncomingUniStreams: -1,
