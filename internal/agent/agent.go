@@ -380,12 +380,13 @@ func (a *Agent) connect(ctx context.Context) error {
 			drainLeft = drainRetries
 		}
 		draining := connected == 0 && errors.As(err, &appErr) && appErr.Remote && appErr.ErrorCode == wire.CodeShutdown
+		quick := draining && drainLeft > 0
 		var wait time.Duration
-		if !draining || drainLeft == 0 {
+		if !quick {
 			wait = b.next() // quick retries leave the backoff where it was
 		}
 		switch {
-		case wait == 0:
+		case quick:
 			drainLeft--
 			wait = drainRetryMin + rand.N(drainRetryMax-drainRetryMin)
 			a.log.Info("proxy is draining and refused this connection: trying again soon to reach another proxy",
@@ -943,8 +944,8 @@ func opReason(err error) string {
 // (or three smoothed round trips, if longer), and returns when conn is
 // closed. quic-go's own idle timeout is at least three probe timeouts,
 // which add four times the round trips' variation: after a stall (a
-// loaded proxy, a path that lost packets for a while) that was seen to
-// exceed a minute, during which an agent whose proxy had already dropped
+// loaded proxy, a path that lost packets for a while) it was seen to
+// last over 50s, during which an agent whose proxy had already dropped
 // it for silence thought itself connected and was unreachable. This keeps
 // --agent-client.idle-timeout the bound the operator set. (The TCP
 // transport has its own.)

@@ -84,6 +84,7 @@ type handshakeLimiter struct {
 	lastFailure   failure
 	failLogged    time.Time
 	timer         *time.Timer // logs what is pending; nil when nothing is
+	stopped       bool        // the proxy shuts down: cut handshakes are not failures
 }
 
 // failure is a failed agent TLS handshake.
@@ -188,9 +189,12 @@ func (l *handshakeLimiter) remember(ap netip.AddrPort, err error) {
 // not finish within the handshake timeout; it is logged with the next
 // line of failures.
 func (l *handshakeLimiter) fail(now time.Time, remote net.Addr, tr string, err error) {
-	l.metrics.Session("handshake_failed")
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.stopped {
+		return
+	}
+	l.metrics.Session("handshake_failed")
 	l.failures++
 	l.lastFailure = failure{remote, tr, err}
 	if now.Sub(l.failLogged) >= time.Second {
@@ -246,6 +250,15 @@ func (l *handshakeLimiter) reportFailures(now time.Time) {
 		"last_transport", f.transport, "last_error", f.err.Error())
 	l.failures = 0
 	l.failLogged = now
+}
+
+// stop stops counting failed handshakes: from now on the proxy's own
+// shutdown cuts those in flight (quic-go closes them with
+// CONNECTION_REFUSED).
+func (l *handshakeLimiter) stop() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.stopped = true
 }
 
 // flush logs the refusals and failures not logged yet.

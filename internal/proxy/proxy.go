@@ -332,6 +332,7 @@ func (s *Server) Run(ctx context.Context) error {
 		s.log.Info("agent server listening", "address", s.ln.Addr().String())
 	}
 	stop := context.AfterFunc(ctx, func() {
+		s.hs.stop()
 		s.ln.Close()
 		if s.tcpLn != nil {
 			s.tcpLn.Close()
