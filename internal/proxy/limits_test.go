@@ -326,9 +326,10 @@ func sumField(t *testing.T, lines []string, name string) int {
 
 // TestHandshakeFailures: connections admitted whose TLS handshake fails
 // (a QUIC client without our ALPN, a TCP client that speaks no TLS) or
-// never finishes (a QUIC client gone after its first packet) are counted
-// as handshake_failed and logged at most once a second, with how many
-// and the last one's cause; none registers or holds a place.
+// never finishes (a QUIC client whose packets after its ClientHello are
+// lost) are counted as handshake_failed and logged at most once a second,
+// with how many and the last one's cause; none registers or holds a
+// place.
 func TestHandshakeFailures(t *testing.T) {
 	m := metrics.New()
 	srv, logs := startLimitedProxy(t, proxy.Config{TCPListenAddr: "127.0.0.1:0", HandshakesInFlight: 2,
