@@ -229,12 +229,21 @@ func looksLikeJWT(s string) bool {
 
 // CheckAgentID reports why id cannot be the ID of an agent that clients
 // select, or nil. An ID is 1-256 bytes of UTF-8 without control characters
-// (so it is safe to log and to use as a route key) and without ':', which
-// would split the Basic user:password a client selects the agent with.
+// (so it is safe to log and to use as a route key), without ':', which
+// would split the Basic user:password a client selects the agent with,
+// and without '*' or ',', which client policies (clients file, token
+// claims) read as a wildcard and a separator: a policy naming such an
+// agent would name others, or none.
 func CheckAgentID(id string) error { return checkAgentID(id) }
 
 // checkAgentID is CheckAgentID.
-func checkAgentID(id string) error {
+func checkAgentID(id string) error { return checkID(id, false) }
+
+// checkPattern is checkAgentID for an agent pattern, in which '*' may
+// appear.
+func checkPattern(p string) error { return checkID(p, true) }
+
+func checkID(id string, pattern bool) error {
 	switch {
 	case id == "":
 		return errors.New("empty")
@@ -247,8 +256,13 @@ func checkAgentID(id string) error {
 		if unicode.IsControl(r) {
 			return fmt.Errorf("control character %U", r)
 		}
-		if r == ':' {
+		switch {
+		case r == ':':
 			return errors.New("contains ':', which separates user and password in Proxy-Authorization, so no client could select this agent")
+		case r == '*' && !pattern:
+			return errors.New("contains '*', which client policies read as a wildcard")
+		case r == ',':
+			return errors.New("contains ',', which separates agent patterns in client policies")
 		}
 	}
 	return nil

@@ -28,6 +28,8 @@ func TestNoAuthAgent(t *testing.T) {
 		{"\xff\xfe", "not valid UTF-8"},
 		{"a:b", "contains ':', which separates user and password in Proxy-Authorization, so no client could select this agent"},
 		{":", "contains ':'"},
+		{"site-*", "contains '*', which client policies read as a wildcard"},
+		{"a,b", "contains ',', which separates agent patterns in client policies"},
 		{"eyJhbGciOiJFUzI1NiJ9." + strings.Repeat("e", 300) + ".c2ln", "this proxy uses noauth and the credential sent looks like a JWT"},
 	}
 	for _, tc := range tests {
@@ -56,6 +58,7 @@ func TestNoAuthClient(t *testing.T) {
 		{"4711", "any password at all", ""}, // ignored, like the reference
 		{"", "secret", "user: empty"},
 		{"a\r\nb", "", "control character"},
+		{"*", "", "user: contains '*'"}, // a user names one agent, not a pattern
 	}
 	for _, tc := range tests {
 		t.Run(tc.user+":"+tc.password, func(t *testing.T) {

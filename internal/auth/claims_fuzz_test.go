@@ -67,7 +67,7 @@ func FuzzVerifyClaims(f *testing.F) {
 						t.Fatalf("accepted a client token without agents (claims %q)", claims)
 					}
 					for _, p := range c.Agents {
-						if checkAgentID(p) != nil {
+						if checkPattern(p) != nil {
 							t.Fatalf("accepted agent pattern %q (claims %q)", p, claims)
 						}
 					}

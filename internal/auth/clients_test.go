@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -280,6 +281,13 @@ func TestAgentPatterns(t *testing.T) {
 		if got := matchWildcard(tc.pattern, tc.id); got != tc.want {
 			t.Errorf("%q matches %q: %v, want %v", tc.pattern, tc.id, got, tc.want)
 		}
+	}
+	ps, err := ParseAgentPatterns([]string{"4711, site-*", "*-eu"})
+	if err != nil || !slices.Equal(ps, AgentPatterns{"4711", "site-*", "*-eu"}) {
+		t.Errorf("patterns %q, %v", ps, err)
+	}
+	if _, err := ParseAgentPatterns([]string{"a:*"}); err == nil || !strings.Contains(err.Error(), "contains ':'") {
+		t.Errorf("a pattern with ':': %v", err)
 	}
 	if _, err := ParseAgentPatterns([]string{" , "}); err == nil {
 		t.Error("no patterns accepted")

@@ -25,7 +25,7 @@ func ParseAgentPatterns(patterns []string) (AgentPatterns, error) {
 			if p == "" {
 				continue
 			}
-			if err := checkAgentID(p); err != nil {
+			if err := checkPattern(p); err != nil {
 				return nil, fmt.Errorf("agent pattern %s: %v", quoteIfOdd(p), err)
 			}
 			if len(out) == maxAgentPatterns {

@@ -380,11 +380,6 @@ func (v *Verifier) Verify(token, role string) (*Claims, error) {
 	case !ok:
 		return nil, deny("no %s claim: a client token must say which agents it may use", v.cfg.AgentsClaim)
 	}
-	if len(agents) == 1 {
-		if err := checkAgentID(agents[0]); err != nil {
-			return nil, deny("%s: %v", v.cfg.AgentsClaim, err)
-		}
-	}
 	if c.Agents, err = ParseAgentPatterns(agents); err != nil {
 		return nil, deny("claim %s: %v", v.cfg.AgentsClaim, err)
 	}

@@ -294,12 +294,12 @@ func TestVerifyRejects(t *testing.T) {
 			{
 				name:  "empty agent_id",
 				token: signRaw(t, jwt.GetSigningMethod(kp.alg), claimsAt("", RoleClient, now), kp.key),
-				want:  "agent_id: empty",
+				want:  "claim agent_id: no agent patterns",
 			},
 			{
 				name:  "control char in agent_id",
 				token: signRaw(t, jwt.GetSigningMethod(kp.alg), claimsAt("47\r\n11", RoleClient, now), kp.key),
-				want:  "agent_id: control character",
+				want:  `claim agent_id: agent pattern "47\r\n11": control character`,
 			},
 			{name: "unknown role asked", token: good, role: "admin", want: `unknown role "admin"`},
 		}

@@ -302,7 +302,7 @@ func TestCerts(t *testing.T) {
 // anything is written.
 func TestCertsAgentID(t *testing.T) {
 	dir := filepath.Join(isolate(t), "pki")
-	ids := []string{"edge,1", "site 7"} // one flag per ID: commas are no separator
+	ids := []string{"edge.1", "site 7"} // one flag per ID
 	args := []string{"certs", "--dir", dir}
 	for _, id := range ids {
 		args = append(args, "--agent-id", id)
