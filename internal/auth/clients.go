@@ -173,8 +173,9 @@ func (e clientEntry) check() (*fileClient, error) {
 // ClientsFile is a clients file in force, re-read by Check. Safe for
 // concurrent use.
 type ClientsFile struct {
-	path string
-	cur  atomic.Pointer[ClientSet]
+	path  string
+	cur   atomic.Pointer[ClientSet]
+	stamp stamp
 	// sem bounds the bcrypt checks running at once, so that strangers
 	// cannot take every CPU.
 	sem chan struct{}
@@ -182,17 +183,8 @@ type ClientsFile struct {
 
 // OpenClientsFile reads and parses the clients file at path.
 func OpenClientsFile(path string) (*ClientsFile, error) {
-	s, err := readClients(path)
-	if err != nil {
-		return nil, err
-	}
 	f := &ClientsFile{path: path, sem: make(chan struct{}, max(1, runtime.GOMAXPROCS(0)/2))}
-	f.cur.Store(s)
-	return f, nil
-}
-
-func readClients(path string) (*ClientSet, error) {
-	data, err := readBounded(path, MaxClientsFileBytes)
+	data, fi, _, err := f.stamp.reread(path, MaxClientsFileBytes, time.Now())
 	if err != nil {
 		return nil, err
 	}
@@ -200,7 +192,9 @@ func readClients(path string) (*ClientSet, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	return s, nil
+	f.cur.Store(s)
+	f.stamp.record(fi)
+	return f, nil
 }
 
 // readBounded reads path, refusing one larger than limit bytes.
@@ -226,26 +220,32 @@ func (f *ClientsFile) Path() string { return f.path }
 // Set returns the clients in force.
 func (f *ClientsFile) Set() *ClientSet { return f.cur.Load() }
 
-// Check reads the file again. If its contents changed and parse, apply
-// puts them in force (the caches of verified secrets start empty); if they
-// did not change, apply is nil. A file that does not parse is an error
-// naming it, and the clients in force stay.
+// Check reads the file again, unless its size, modification time and
+// identity say it has not changed (see stamp). If its contents changed and
+// parse, apply puts them in force (the caches of verified secrets start
+// empty); if they did not change, apply is nil. A file that does not
+// parse is an error naming it, and the clients in force stay.
 func (f *ClientsFile) Check() (apply func(), err error) {
-	data, err := readBounded(f.path, MaxClientsFileBytes)
-	if err != nil {
+	data, fi, skip, err := f.stamp.reread(f.path, MaxClientsFileBytes, time.Now())
+	if skip || err != nil {
 		return nil, err
 	}
 	// Applied only over what was read against: the file watcher and a
 	// reload both check, and an older read must not replace a newer one.
 	old := f.cur.Load()
 	if sha256.Sum256(data) == old.sum {
+		f.stamp.record(fi)
 		return nil, nil
 	}
 	s, err := ParseClients(data)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", f.path, err)
 	}
-	return func() { f.cur.CompareAndSwap(old, s) }, nil
+	return func() {
+		if f.cur.CompareAndSwap(old, s) {
+			f.stamp.record(fi)
+		}
+	}, nil
 }
 
 // FailFloor is the least time a refused NAME:SECRET takes to be refused,

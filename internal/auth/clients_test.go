@@ -447,3 +447,75 @@ func TestFailFloor(t *testing.T) {
 		t.Errorf("right secret: %v", err)
 	}
 }
+
+// TestCheckSkipsUnchangedFile: Check reads a policy file again only when
+// its size, modification time or identity changed, or it was modified
+// within stampSettle (a coarse timestamp cannot hide a quick rewrite);
+// a file replaced by a rename is read again.
+func TestCheckSkipsUnchangedFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "revoked")
+	writeFile(t, path, []byte("aaa\n"))
+	old := time.Now().Add(-time.Hour)
+	if err := os.Chtimes(path, old, old); err != nil {
+		t.Fatal(err)
+	}
+	f, err := OpenRevokedFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(what string, want bool) {
+		t.Helper()
+		apply, err := f.Check()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := apply != nil; got != want {
+			t.Fatalf("%s: change seen %v, want %v", what, got, want)
+		}
+		if apply != nil {
+			apply()
+		}
+	}
+	// Rewritten in place, same size, its old time put back: not read.
+	writeFile(t, path, []byte("bbb\n"))
+	if err := os.Chtimes(path, old, old); err != nil {
+		t.Fatal(err)
+	}
+	check("same size and time, an hour old", false)
+	if !f.Has("aaa") {
+		t.Fatal("the unread change took effect")
+	}
+	// The same, modified just now: read.
+	now := time.Now()
+	if err := os.Chtimes(path, now, now); err != nil {
+		t.Fatal(err)
+	}
+	check("modified just now", true)
+	if !f.Has("bbb") || f.Has("aaa") {
+		t.Fatal("the change did not take effect")
+	}
+	if err := os.Chtimes(path, old, old); err != nil {
+		t.Fatal(err)
+	}
+	check("the old time put back (read, nothing changed)", false)
+	// Replaced by a rename, same size and time: another file, read.
+	next := filepath.Join(dir, "next")
+	writeFile(t, next, []byte("ccc\n"))
+	if err := os.Chtimes(next, old, old); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(next, path); err != nil {
+		t.Fatal(err)
+	}
+	check("replaced by a rename", true)
+	if !f.Has("ccc") {
+		t.Fatal("the replacement did not take effect")
+	}
+	// A size change is read, whatever the time.
+	writeFile(t, path, []byte("dddd\n"))
+	if err := os.Chtimes(path, old, old); err != nil {
+		t.Fatal(err)
+	}
+	check("another size", true)
+}

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"sync/atomic"
+	"time"
 )
 
 // The revocation list (--auth.jwt.revoked) names tokens refused before
@@ -73,13 +74,15 @@ func checkJTI(b []byte) error {
 // RevokedFile is a revocation list in force, re-read by Check. Safe for
 // concurrent use.
 type RevokedFile struct {
-	path string
-	cur  atomic.Pointer[RevokedSet]
+	path  string
+	cur   atomic.Pointer[RevokedSet]
+	stamp stamp
 }
 
 // OpenRevokedFile reads and parses the revocation list at path.
 func OpenRevokedFile(path string) (*RevokedFile, error) {
-	data, err := readBounded(path, MaxRevokedFileBytes)
+	f := &RevokedFile{path: path}
+	data, fi, _, err := f.stamp.reread(path, MaxRevokedFileBytes, time.Now())
 	if err != nil {
 		return nil, err
 	}
@@ -87,8 +90,8 @@ func OpenRevokedFile(path string) (*RevokedFile, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	f := &RevokedFile{path: path}
 	f.cur.Store(s)
+	f.stamp.record(fi)
 	return f, nil
 }
 
@@ -103,19 +106,24 @@ func (f *RevokedFile) Has(jti string) bool {
 
 // Check reads the file again, as ClientsFile.Check.
 func (f *RevokedFile) Check() (apply func(), err error) {
-	data, err := readBounded(f.path, MaxRevokedFileBytes)
-	if err != nil {
+	data, fi, skip, err := f.stamp.reread(f.path, MaxRevokedFileBytes, time.Now())
+	if skip || err != nil {
 		return nil, err
 	}
 	// Applied only over what was read against: the file watcher and a
 	// reload both check, and an older read must not replace a newer one.
 	old := f.cur.Load()
 	if sha256.Sum256(data) == old.sum {
+		f.stamp.record(fi)
 		return nil, nil
 	}
 	s, err := ParseRevoked(data)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", f.path, err)
 	}
-	return func() { f.cur.CompareAndSwap(old, s) }, nil
+	return func() {
+		if f.cur.CompareAndSwap(old, s) {
+			f.stamp.record(fi)
+		}
+	}, nil
 }

@@ -203,8 +203,10 @@ func (f authFiles) check() (changed []string, apply func(), err error) {
 	}, nil
 }
 
-// authFilePoll is how often the auth files are read for changes: a
-// revoked client's tunnels close within it (and a little).
+// authFilePoll is how often the auth files are looked at for changes (a
+// stat; a file is read only when its size, time or identity changed, or
+// it was modified within the last 2s): a revoked client's tunnels close
+// within it (and a little).
 const authFilePoll = 250 * time.Millisecond
 
 // watch re-reads the auth files every authFilePoll until ctx ends; when
