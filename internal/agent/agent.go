@@ -474,9 +474,6 @@ func (a *Agent) session(ctx context.Context, conn transport.Conn, retire <-chan 
 	a.log.Info("connected to proxy", "server", conn.RemoteAddr().String(), "transport", tr)
 	up(tr)
 	wg.Go(func() { a.control(conn, moved) })
-	if tr == transport.QUIC {
-		wg.Go(func() { watchSilence(conn, a.cfg.IdleTimeout) })
-	}
 
 	// The agent's own shutdown: no new tunnels; the open ones get until
 	// ShutdownTimeout, then the connection closes.
@@ -938,36 +935,6 @@ func opReason(err error) string {
 		return oe.Err.Error()
 	}
 	return err.Error()
-}
-
-// watchSilence closes conn once nothing arrived from the proxy for idle
-// (or three smoothed round trips, if longer), and returns when conn is
-// closed. quic-go's own idle timeout is at least three probe timeouts,
-// which add four times the round trips' variation: after a stall (a
-// loaded proxy, a path that lost packets for a while) it was seen to
-// last over 50s, during which an agent whose proxy had already dropped
-// it for silence thought itself connected and was unreachable. This keeps
-// --agent-client.idle-timeout the bound the operator set. (The TCP
-// transport has its own.)
-func watchSilence(conn transport.Conn, idle time.Duration) {
-	tick := time.NewTicker(max(idle/8, 10*time.Millisecond))
-	defer tick.Stop()
-	last, since := conn.Received(), time.Now()
-	for {
-		select {
-		case <-conn.Context().Done():
-			return
-		case now := <-tick.C:
-			if n := conn.Received(); n != last {
-				last, since = n, now
-				continue
-			}
-			if now.Sub(since) >= max(idle, 3*conn.RTT()) {
-				conn.CloseWithError(wire.CodeNoError, fmt.Sprintf("nothing from the proxy for %s (--agent-client.idle-timeout)", idle))
-				return
-			}
-		}
-	}
 }
 
 // backoff is exponential backoff with full jitter.

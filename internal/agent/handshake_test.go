@@ -18,7 +18,6 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/reverse-http/reverse-http/internal/tlsconf"
-	"github.com/reverse-http/reverse-http/internal/transport"
 	"github.com/reverse-http/reverse-http/internal/wire"
 )
 
@@ -289,60 +288,4 @@ func TestDrainingRefusalsRetryQuickly(t *testing.T) {
 		}
 	}
 	t.Fatalf("log has no return to the backoff:\n%s", logs.String())
-}
-
-// TestWatchSilence: a QUIC connection from which nothing arrives for the
-// idle timeout is closed with a reason naming the flag, even though
-// quic-go's own idle timeout is far away; one that hears from the proxy
-// (the acknowledgements of its keep-alives) stays open.
-func TestWatchSilence(t *testing.T) {
-	cert, _, err := tlsconf.SelfSigned([]string{"127.0.0.1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := quic.ListenAddr("127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{wire.ALPN}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept(context.Background())
-			if err != nil {
-				return
-			}
-			defer c.CloseWithError(0, "")
-		}
-	}()
-	dial := func(keepAlive time.Duration) transport.Conn {
-		c, err := quic.DialAddr(context.Background(), ln.Addr().String(),
-			&tls.Config{InsecureSkipVerify: true, NextProtos: []string{wire.ALPN}},
-			&quic.Config{MaxIdleTimeout: time.Minute, KeepAlivePeriod: keepAlive})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.CloseWithError(0, "") })
-		return transport.FromQUIC(c)
-	}
-
-	silent := dial(0) // sends nothing, so hears nothing
-	start := time.Now()
-	done := make(chan struct{})
-	go func() { watchSilence(silent, 500*time.Millisecond); close(done) }()
-	<-done
-	took := time.Since(start)
-	var ae *quic.ApplicationError
-	if !errors.As(context.Cause(silent.Context()), &ae) || !strings.Contains(ae.ErrorMessage, "nothing from the proxy for 500ms (--agent-client.idle-timeout)") {
-		t.Fatalf("closed with %v, want the silence named", context.Cause(silent.Context()))
-	}
-	if took < 500*time.Millisecond {
-		t.Errorf("closed after %s, before the idle timeout", took)
-	}
-
-	alive := dial(100 * time.Millisecond)
-	go watchSilence(alive, 500*time.Millisecond)
-	time.Sleep(2 * time.Second)
-	if err := alive.Context().Err(); err != nil {
-		t.Fatalf("a connection that hears from the proxy was closed: %v", context.Cause(alive.Context()))
-	}
 }
