@@ -417,10 +417,12 @@ func TestHAFailoverAtScale(t *testing.T) {
 	// The agents' own view, every 250ms: how many are connected, until
 	// every one has connected again (each counts a second "connected to
 	// proxy"). Clients start then, so that they do not compete with the
-	// reconnecting agents for the machine's two cores.
+	// reconnecting agents for the machine's two cores; at the latest 10s
+	// after the kill, so that one agent slow to come back leaves them
+	// time to find the others.
 	var timeline []string
 	reconnected := time.Duration(0)
-	for time.Since(start) < 15*time.Second {
+	for time.Since(start) < 10*time.Second {
 		time.Sleep(250 * time.Millisecond)
 		s, err := f.read()
 		if err != nil {
@@ -443,8 +445,12 @@ func TestHAFailoverAtScale(t *testing.T) {
 	}
 	slices.Sort(times)
 	if len(times) > 0 {
-		t.Logf("FIGURES failover of %d agents: all reconnected to A %s after SIGKILL; through A, first reachable %s, median %s, p99 %s, last %s",
-			n, reconnected.Round(time.Millisecond), times[0].Round(time.Millisecond), times[len(times)/2].Round(time.Millisecond),
+		back := "not all reconnected within 10s"
+		if reconnected > 0 {
+			back = "all reconnected to A " + reconnected.Round(time.Millisecond).String()
+		}
+		t.Logf("FIGURES failover of %d agents: %s after SIGKILL; through A, first reachable %s, median %s, p99 %s, last %s",
+			n, back, times[0].Round(time.Millisecond), times[len(times)/2].Round(time.Millisecond),
 			times[len(times)*99/100].Round(time.Millisecond), times[len(times)-1].Round(time.Millisecond))
 	}
 
