@@ -103,10 +103,11 @@ func TestHandshakeWithoutAnswer(t *testing.T) {
 	}
 }
 
-// untrustedQUIC listens for QUIC on loopback with a self-signed
-// certificate the agents do not trust: a proxy that answers, but fails
-// every handshake.
-func untrustedQUIC(t *testing.T) *quic.Listener {
+// selfSignedQUIC listens for QUIC on loopback with a self-signed
+// certificate for localhost: an agent that verifies it fails every
+// handshake with a proxy that answers; one that skips verification
+// connects.
+func selfSignedQUIC(t *testing.T) *quic.Listener {
 	t.Helper()
 	cert, _, err := tlsconf.SelfSigned([]string{"localhost"})
 	if err != nil {
@@ -123,7 +124,7 @@ func untrustedQUIC(t *testing.T) *quic.Listener {
 // TestHandshakeAnsweredIsNotNoAnswer: a proxy that answers, here with a
 // certificate the agent does not trust, is not reported as unreachable.
 func TestHandshakeAnsweredIsNotNoAnswer(t *testing.T) {
-	ln := untrustedQUIC(t)
+	ln := selfSignedQUIC(t)
 	go func() {
 		for {
 			c, err := ln.Accept(context.Background())
@@ -185,7 +186,7 @@ func TestAutoFallback(t *testing.T) {
 		t.Fatalf("no answer over UDP: %d TCP attempts, want 1 at once", n)
 	}
 
-	ln := untrustedQUIC(t)
+	ln := selfSignedQUIC(t)
 	a = newAgent(ln.Addr().String())
 	tcpDials.Store(0)
 	for i := 1; i <= quicFallbackAfter; i++ {
@@ -208,15 +209,7 @@ func TestAutoFallback(t *testing.T) {
 // hashes the source port soon sends the agent to another proxy; then the
 // exponential backoff resumes where it was, at its start.
 func TestDrainingRefusalsRetryQuickly(t *testing.T) {
-	cert, _, err := tlsconf.SelfSigned([]string{"127.0.0.1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := quic.ListenAddr("127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{wire.ALPN}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	ln := selfSignedQUIC(t)
 	var refused atomic.Int32
 	go func() {
 		for {
